@@ -19,7 +19,8 @@ import os
 import stat
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+
+from protocols.messages import RegionSpec
 
 PAGE_SIZE = 4096
 GPA_LIMIT = 1 << 52
@@ -39,15 +40,6 @@ class RegionError(Exception):
     def __init__(self, errno: int, message: str) -> None:
         super().__init__(message)
         self.errno = errno
-
-
-@dataclass(frozen=True, slots=True)
-class RegionSpec:
-    """One region as the wire gives it."""
-
-    gpa: int
-    size: int
-    mmap_offset: int
 
 
 class Region:
@@ -246,14 +238,14 @@ class GuestMemory:
         if region is not None and gpa + 4 <= region.end:
             return _U32.unpack_from(region.mm, gpa - region.gpa)[0]  # type: ignore[no-any-return]
         data = self.read(gpa, 4)
-        return None if data is None else _U32.unpack(data)[0]  # type: ignore[no-any-return]
+        return None if data is None else int(_U32.unpack(data)[0])
 
     def read_u64(self, gpa: int) -> int | None:
         region = self._find(gpa)
         if region is not None and gpa + 8 <= region.end:
             return _U64.unpack_from(region.mm, gpa - region.gpa)[0]  # type: ignore[no-any-return]
         data = self.read(gpa, 8)
-        return None if data is None else _U64.unpack(data)[0]  # type: ignore[no-any-return]
+        return None if data is None else int(_U64.unpack(data)[0])
 
     def write_u32(self, gpa: int, value: int) -> bool:
         return self.write(gpa, _U32.pack(value & 0xFFFF_FFFF))

@@ -1,0 +1,281 @@
+"""One guest's state in the daemon: its memory, its IOMMU models, its interrupt routes.
+
+``GuestSession`` is the ``protocols.session.Backend`` of a connection.  It is sans-IO: the
+socket server, replay and the fuzzer build one and drive it with plain calls.
+"""
+
+from __future__ import annotations
+
+import errno as E
+import json
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from devices.model import DmaFault, DmaRequest, DmaTarget, IommuModel, MemoryPort
+from protocols import messages as m
+from protocols.messages import RegionSpec
+from protocols.session import ExtensionHandler, FaultReply, RequestError
+from vmm.channel import BackendChannel, is_connected_stream, is_eventfd, signal_eventfd
+from vmm.config import DaemonConfig, DeviceSpec, model_class
+from vmm.memory import GuestMemory, RegionError
+
+log = logging.getLogger(__name__)
+
+OFFERED_FEATURES = m.Feature.BACKEND_CHANNEL | m.Feature.IRQ_FD
+
+
+class ModelEnv:
+    """The ``devices.model.Env`` of one model inside a guest session."""
+
+    __slots__ = ("session", "device", "segment")
+
+    def __init__(self, session: GuestSession, device: int, segment: int) -> None:
+        self.session = session
+        self.device = device
+        self.segment = segment
+
+    @property
+    def memory(self) -> MemoryPort:
+        return self.session.memory
+
+    def irq(self, vector: int) -> None:
+        self.session.deliver_irq(self.device, vector, 0, 0)
+
+    def msi(self, vector: int, address: int, data: int) -> None:
+        if self.session.memory.write_u32(address, data):
+            return
+        self.session.deliver_irq(self.device, vector, address, data)
+
+    def atc_invalidate(self, requester: int, pasid: int, address: int, size: int) -> None:
+        self.session.atc_invalidate(self.segment, requester, pasid, address, size)
+
+
+@dataclass
+class Slot:
+    """A model instance and where it sits."""
+
+    spec: DeviceSpec
+    model: IommuModel
+    window: int
+
+
+def model_config(spec: DeviceSpec) -> dict[str, Any]:
+    config = dict(spec.options)
+    config["requesters"] = config.get("sids") or config.get("rids") or (0, 0xFFFF)
+    return config
+
+
+class GuestSession:
+    """Everything one connected guest owns."""
+
+    def __init__(self, config: DaemonConfig) -> None:
+        self.config = config
+        self.memory = GuestMemory()
+        self.declared_features = 0
+        self.irq_fds: dict[tuple[int, int], int] = {}
+        self.channel: BackendChannel | None = None
+        self.irqs_dropped = 0
+        self.slots: dict[int, Slot] = {}
+        self._owners: dict[int, list[tuple[int, int, IommuModel]]] = {}
+        for spec in config.devices:
+            cls = model_class(spec.model)
+            model = cls(model_config(spec), ModelEnv(self, spec.id, spec.segment))
+            self.slots[spec.id] = Slot(spec, model, cls.mmio_size)
+            for lo, hi in model.requester_ranges:
+                self._owners.setdefault(spec.segment, []).append((lo, hi, model))
+        self._windows = {dev_id: slot.window for dev_id, slot in self.slots.items()}
+        self._models = {dev_id: slot.model for dev_id, slot in self.slots.items()}
+
+    def close(self) -> None:
+        """Release everything the guest gave us (its memory, its fds)."""
+        self.memory.clear()
+        for fd in self.irq_fds.values():
+            os.close(fd)
+        self.irq_fds.clear()
+        if self.channel is not None:
+            self.channel.close()
+            self.channel = None
+
+    # -- interrupts ------------------------------------------------------------------------
+
+    def deliver_irq(self, device: int, vector: int, msi_address: int, msi_data: int) -> None:
+        fd = self.irq_fds.get((device, vector))
+        if fd is not None:
+            signal_eventfd(fd)
+        elif self.channel is not None and not self.channel.closed:
+            self.channel.irq(device, vector, msi_address, msi_data)
+        else:
+            self.irqs_dropped += 1
+
+    def atc_invalidate(self, segment: int, requester: int, pasid: int, address: int,
+                       size: int) -> None:
+        if self.channel is not None:
+            self.channel.atc_invalidate(segment, requester, pasid, address, size)
+
+    # -- Backend: features, config, memory -------------------------------------------------
+
+    def features(self) -> int:
+        return int(OFFERED_FEATURES)
+
+    def set_features(self, features: int) -> None:
+        self.declared_features = features
+
+    def config_json(self) -> bytes:
+        devices = []
+        for slot in self.slots.values():
+            spec, model = slot.spec, slot.model
+            devices.append({
+                "id": spec.id, "model": spec.model, "name": spec.name,
+                "mmio": {"base": spec.base, "size": slot.window},
+                "segment": spec.segment,
+                "requesters": [list(r) for r in model.requester_ranges],
+                "irqs": list(model.irq_names),
+            })
+        doc = {
+            "protocol": 1,
+            "devices": devices,
+            "pv_iommu": bool(self.features() & m.Feature.PV_IOMMU),
+            # Every requester that can issue DMA here belongs to a model: DMA from anything
+            # else is refused (-ENODEV), so all DMA masters are behind an IOMMU.
+            "dma_protected": True,
+        }
+        return json.dumps(doc).encode()
+
+    def set_mem_table(self, regions: list[RegionSpec], fds: list[int]) -> None:
+        try:
+            self.memory.set_table(list(zip(regions, fds, strict=True)))
+        except RegionError as exc:
+            raise RequestError(-exc.errno, str(exc)) from None
+
+    def add_mem_reg(self, region: RegionSpec, fd: int) -> None:
+        try:
+            self.memory.add(region, fd)
+        except RegionError as exc:
+            raise RequestError(-exc.errno, str(exc)) from None
+
+    def rem_mem_reg(self, region: RegionSpec) -> None:
+        try:
+            self.memory.remove(region.gpa, region.size)
+        except RegionError as exc:
+            raise RequestError(-exc.errno, str(exc)) from None
+
+    # -- Backend: devices ------------------------------------------------------------------
+
+    def reset(self, device: int) -> None:
+        if device == m.ALL_DEVICES:
+            for slot in self.slots.values():
+                slot.model.reset()
+        else:
+            self.slots[device].model.reset()
+
+    def mmio_window(self, device: int) -> int | None:
+        return self._windows.get(device)
+
+    def mmio_read(self, device: int, offset: int, size: int) -> int:
+        return self._models[device].mmio_read(offset, size)
+
+    def mmio_write(self, device: int, offset: int, size: int, value: int) -> None:
+        self._models[device].mmio_write(offset, size, value)
+
+    def irq_vectors(self, device: int) -> int | None:
+        slot = self.slots.get(device)
+        return None if slot is None else len(slot.model.irq_names)
+
+    def set_irq_fd(self, device: int, vector: int, fd: int) -> None:
+        if not is_eventfd(fd):
+            raise RequestError(E.EINVAL, "SET_IRQ_FD needs an eventfd")
+        old = self.irq_fds.pop((device, vector), None)
+        if old is not None:
+            os.close(old)
+        self.irq_fds[(device, vector)] = os.dup(fd)
+
+    def set_backend_channel(self, fd: int) -> None:
+        if not is_connected_stream(fd):
+            raise RequestError(E.EINVAL, "SET_BACKEND_CHANNEL needs a connected stream socket")
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = BackendChannel(fd)
+
+    def pv_iommu_op(self, subop: int, body: bytes) -> tuple[int, bytes]:
+        # Reached only when PV_IOMMU is offered (the connection answers -ENOSYS otherwise).
+        return -E.EOPNOTSUPP, body
+
+    def extension(self, code: int) -> ExtensionHandler | None:
+        return None
+
+    # -- Backend: DMA ------------------------------------------------------------------------
+
+    def owner(self, segment: int, requester: int) -> IommuModel | None:
+        for lo, hi, model in self._owners.get(segment, ()):
+            if lo <= requester <= hi:
+                return model
+        return None
+
+    def dma_owner(self, segment: int, requester: int) -> bool:
+        return self.owner(segment, requester) is not None
+
+    @staticmethod
+    def _fault(fault: DmaFault) -> FaultReply:
+        return FaultReply(int(fault.kind), fault.code, fault.address, fault.stage)
+
+    def _pages(
+        self, model: IommuModel, requester: int, pasid: int | None, iova: int, length: int,
+        flags: int,
+    ) -> list[tuple[int, int]] | FaultReply:
+        """Translate ``[iova, iova+length)`` page by page into (gpa, length) pieces."""
+        write = bool(flags & m.DmaFlag.WRITE)
+        priv = bool(flags & m.DmaFlag.PRIVILEGED)
+        execute = bool(flags & m.DmaFlag.EXECUTE)
+        pieces: list[tuple[int, int]] = []
+        pos, end = iova, iova + length
+        while pos < end:
+            result = model.translate(DmaRequest(requester, pasid, pos, write, priv, execute))
+            if isinstance(result, DmaFault):
+                return self._fault(result)
+            chunk = min(end, (pos | (result.size - 1)) + 1) - pos
+            if not self.memory.contains(result.gpa, chunk):
+                return FaultReply(8, 0, pos, 0)  # kind 8: no guest memory there
+            if pieces and pieces[-1][0] + pieces[-1][1] == result.gpa:
+                pieces[-1] = (pieces[-1][0], pieces[-1][1] + chunk)
+            else:
+                pieces.append((result.gpa, chunk))
+            pos += chunk
+        return pieces
+
+    def dma(
+        self, segment: int, requester: int, pasid: int | None, iova: int, length: int,
+        flags: int, data: bytes | None,
+    ) -> bytes | FaultReply:
+        model = self.owner(segment, requester)
+        assert model is not None  # the connection checked dma_owner first
+        pieces = self._pages(model, requester, pasid, iova, length, flags)
+        if isinstance(pieces, FaultReply):
+            return pieces
+        if data is not None:
+            done = 0
+            for gpa, n in pieces:
+                self.memory.write(gpa, data[done : done + n])
+                done += n
+            return b""
+        out = []
+        for gpa, n in pieces:
+            chunk = self.memory.read(gpa, n)
+            assert chunk is not None  # contains() held for every piece
+            out.append(chunk)
+        return b"".join(out)
+
+    def translate(
+        self, segment: int, requester: int, pasid: int | None, iova: int, flags: int
+    ) -> tuple[int, int, int] | FaultReply:
+        model = self.owner(segment, requester)
+        assert model is not None
+        result = model.translate(DmaRequest(
+            requester, pasid, iova, bool(flags & m.DmaFlag.WRITE),
+            bool(flags & m.DmaFlag.PRIVILEGED), bool(flags & m.DmaFlag.EXECUTE), record=False,
+        ))
+        if isinstance(result, DmaFault):
+            return self._fault(result)
+        assert isinstance(result, DmaTarget)
+        return result.gpa, result.size, int(result.perms)
