@@ -1,0 +1,312 @@
+"""The generic page-table walker and its result types.
+
+One loop walks every format (the shape of Linux ``drivers/iommu/generic_pt``): a format is a
+``TableFormat`` holding per-level constants, and the loop only asks of each entry "empty,
+table or leaf?" through masks:
+
+* not present      ``pte & present_mask == 0``
+* table            ``pte & type_mask[h] == table_type[h]``
+* leaf             ``pte & type_mask[h] == leaf_type[h]``   (-1 in either: not at this level)
+* anything else    a malformed entry (Arm: reserved descriptor type, Arm ARM D8.3;
+                   x86/VT-d: PS where no large page is allowed, a reserved-bit fault)
+
+Levels are counted by *height* ``h``: 0 is the table holding the smallest pages, the walk
+starts at ``fmt.top`` and ``h`` strictly decreases, so a walk reads at most ``top + 1``
+entries whatever the tables contain (cyclic tables included).  Each format names its levels
+its own way (Arm: level 3 - h, Arm ARM D8.2; x86 and VT-d: level h + 1, VT-d spec 3.6-3.7);
+results carry the format's own name in ``level``.
+
+Permissions and access flags are format rules applied once, at the leaf, by
+``TableFormat.finish``; what tables contribute comes in two accumulators (AND and OR of
+every table entry on the way down), enough for x86 R/W and U/S (AND), XD (OR), Arm APTable
+and XNTable (OR), VT-d R/W/X (AND).
+
+Who checks permissions: the walker, when given an access (``ACCESS_R | ACCESS_W |
+ACCESS_X``, plus ``ACCESS_PRIV`` for a privileged/supervisor request).  ``access == 0`` asks
+for a pure lookup: no permission check, and no hardware update of A/D/AF bits.  The
+translation always carries both privilege levels' permissions so a cache can check later.
+
+Guest-caused problems are returned as ``Fault`` values, never raised (DESIGN.md invariant 4).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import NamedTuple, Protocol
+
+from devices.model import FaultKind, MemoryPort, Perm
+
+ACCESS_R = int(Perm.R)
+ACCESS_W = int(Perm.W)
+ACCESS_X = int(Perm.X)
+ACCESS_PRIV = 8
+"""A privileged (Arm EL1 / x86 supervisor) request; absent means unprivileged/user."""
+PERM_MASK = ACCESS_R | ACCESS_W | ACCESS_X
+
+U64 = (1 << 64) - 1
+
+
+class Reason(enum.IntEnum):
+    """Why a walk faulted, finer than ``FaultKind``, so each IOMMU model can pick its own code
+    (SMMUv3 event, VT-d fault reason)."""
+
+    NOT_PRESENT = 1
+    """Invalid / not-present entry (Arm bit0 = 0, x86 P = 0, VT-d R = W = 0)."""
+    BAD_TYPE = 2
+    """Arm: reserved descriptor type, or block where blocks are not allowed."""
+    RESERVED = 3
+    """x86 / VT-d: a reserved bit set (including PS where no large page is allowed)."""
+    INPUT_RANGE = 4
+    """Input address outside the configured input range (TxSZ, AGAW, both TTB halves)."""
+    NON_CANONICAL = 5
+    """x86: input address not canonical."""
+    TTB_DISABLED = 6
+    """Arm stage 1: the selected half has EPDx = 1."""
+    OUTPUT_SIZE = 7
+    """Arm: table or output address beyond the output address size (IPS/PS)."""
+    WALK_ABORT = 8
+    """A table entry could not be read (not guest RAM)."""
+    ACCESS_FLAG = 9
+    PERMISSION = 10
+    SUPERVISOR = 11
+    """VT-d first stage: a supervisor request while the PASID entry has SRE = 0."""
+    UPDATE_FAILED = 12
+    """A hardware A/D/AF update could not be written."""
+
+
+class Attr(enum.IntFlag):
+    """Translation attributes beyond permissions (``Translation.attrs``)."""
+
+    NG = 1
+    """Arm nG: the translation is tagged with the ASID."""
+    GLOBAL = 2
+    """x86 G."""
+    ACCESSED = 4
+    """AF / A set in the leaf (after any hardware update)."""
+    DIRTY = 8
+    """x86/VT-d D set, or Arm writable (AP[2] = 0 / S2AP[1] = 1) with DBM = 1."""
+    SNOOP = 16
+    """VT-d SNP."""
+
+
+# Attr values as plain ints for the hot path (IntFlag arithmetic costs microseconds).
+ATTR_NG = 1
+ATTR_GLOBAL = 2
+ATTR_ACCESSED = 4
+ATTR_DIRTY = 8
+ATTR_SNOOP = 16
+
+
+class Translation(NamedTuple):
+    """A successful walk.  ``oa`` is the output address of the input address itself;
+    ``size`` is the naturally aligned page/block holding it.  Permission fields hold
+    ``Perm`` bits as plain ints (cheap to build and to AND)."""
+
+    oa: int
+    size: int
+    level: int
+    perm: int
+    """Permissions for the privilege of the request (``ACCESS_PRIV`` in the access)."""
+    priv_perm: int
+    user_perm: int
+    attrs: int
+    pte: int
+    """The leaf entry as read (before any hardware update)."""
+    pte_addr: int
+    """Address of the leaf entry, in the space the tables live in (IPA when nested)."""
+
+    @classmethod
+    def of(cls, oa: int, size: int, level: int, perm: int, priv_perm: int, user_perm: int,
+           attrs: int, pte: int, pte_addr: int) -> Translation:
+        """Build one without NamedTuple's Python-level ``__new__`` (a walk's hottest
+        allocation)."""
+        return _tuple_new(cls, (oa, size, level, perm, priv_perm, user_perm, attrs, pte,
+                                pte_addr))
+
+    def allows(self, access: int) -> bool:
+        perm = self.priv_perm if access & ACCESS_PRIV else self.user_perm
+        return not access & PERM_MASK & ~perm
+
+
+_tuple_new = tuple.__new__
+
+
+class Fault(NamedTuple):
+    """A failed walk: data, handed to the IOMMU model to report."""
+
+    kind: FaultKind
+    reason: Reason
+    stage: int
+    level: int | None
+    """Level of the entry that decided it (format's numbering); None before any entry."""
+    pte_addr: int | None
+    """Address of that entry (IPA for a stage-1 entry when nested)."""
+    pte: int | None = None
+    s1ptw: bool = False
+    """Stage-2 fault while translating a stage-1 table address."""
+    ipa: int | None = None
+    """The IPA whose stage-2 translation failed (stage-2 faults when nested)."""
+
+
+class Walker(Protocol):
+    """A configured translation regime (one stage, or nested)."""
+
+    stage: int
+
+    def walk(self, mem: MemoryPort, ia: int, access: int) -> Translation | Fault: ...
+
+
+class Stage1Walker(Walker, Protocol):
+    """A stage whose table reads may themselves go through a stage 2 (nesting)."""
+
+    def walk(
+        self, mem: MemoryPort, ia: int, access: int, s2: Walker | None = None
+    ) -> Translation | Fault: ...
+
+
+class TableFormat:
+    """Per-configuration constants of one table tree, precomputed once (indexed by height).
+
+    Subclasses fill these in their constructors and implement ``finish``.
+    """
+
+    __slots__ = (
+        "stage", "top", "shifts", "index_masks", "type_masks", "table_types", "leaf_types",
+        "present_mask", "bad_type_reason", "table_addr_mask", "leaf_addr_masks",
+        "rsvd_table", "rsvd_leaf", "oa_limit_mask", "level_names", "table_set", "steps",
+    )
+
+    stage: int
+    top: int
+    shifts: tuple[int, ...]
+    index_masks: tuple[int, ...]
+    type_masks: tuple[int, ...]
+    table_types: tuple[int, ...]
+    leaf_types: tuple[int, ...]
+    present_mask: int
+    bad_type_reason: Reason
+    table_addr_mask: int
+    leaf_addr_masks: tuple[int, ...]
+    rsvd_table: tuple[int, ...]
+    rsvd_leaf: tuple[int, ...]
+    oa_limit_mask: int
+    """Address bits beyond the output size: set in an entry ⇒ address-size fault (Arm)."""
+    level_names: tuple[int, ...]
+    table_set: int
+    """Bits hardware sets in every table entry it uses (x86/VT-d A) when updating."""
+    steps: tuple[tuple[int, int, int, int, int, int, int, int], ...]
+    """The per-level constants the loop unpacks, top level first (``prepare``)."""
+
+    def prepare(self) -> None:
+        """Derive ``steps`` once the per-level tuples are set (end of every constructor):
+        (h, shift, index mask, type mask, table type, leaf type, table bad-bits, leaf
+        bad-bits), where bad bits are the reserved bits plus the beyond-output-size bits."""
+        self.steps = tuple(
+            (h, self.shifts[h], self.index_masks[h], self.type_masks[h], self.table_types[h],
+             self.leaf_types[h], self.rsvd_table[h] | self.oa_limit_mask,
+             self.rsvd_leaf[h] | self.oa_limit_mask)
+            for h in range(self.top, -1, -1)
+        )
+
+    def finish(
+        self, mem: MemoryPort, ia: int, pte: int, pte_addr: int, pa: int, h: int,
+        acc_and: int, acc_or: int, access: int,
+    ) -> Translation | Fault:
+        """Turn a well-formed leaf into a translation (or an AF/permission fault).
+
+        ``pa`` is where the leaf really is (differs from ``pte_addr`` when nested), for
+        hardware updates; -1 when stage 2 forbids writing it)."""
+        raise NotImplementedError
+
+    def fault(self, kind: FaultKind, reason: Reason, h: int, pte_addr: int,
+              pte: int | None = None) -> Fault:
+        return Fault(kind, reason, self.stage, self.level_names[h], pte_addr, pte)
+
+
+def walk_tables(
+    fmt: TableFormat, mem: MemoryPort, ia: int, table: int, access: int,
+    s2: Walker | None = None,
+) -> Translation | Fault:
+    """Walk ``fmt``'s tree rooted at ``table`` for input address ``ia``.
+
+    The caller has already checked ``ia`` against the input range.  With ``s2``, every table
+    address is an IPA translated by ``s2`` before it is read (nested translation); a fault
+    there comes back as a stage-2 fault with ``s1ptw`` set.
+    """
+    read = mem.read_u64
+    present = fmt.present_mask
+    table_addr_mask = fmt.table_addr_mask
+    table_set = fmt.table_set if access else 0
+    acc_and = U64
+    acc_or = 0
+    s2_writable = ACCESS_W
+    # One pass per level, top first: the walk reads at most top + 1 entries whatever the
+    # tables contain (cyclic ones included), and the level-0 step has no table type.
+    for h, shift, index_mask, type_mask, table_type, leaf_type, table_bad, leaf_bad \
+            in fmt.steps:
+        pte_addr = table + (((ia >> shift) & index_mask) << 3)
+        pa = pte_addr
+        if s2 is not None:
+            t2 = s2.walk(mem, pte_addr, ACCESS_R)
+            if isinstance(t2, Fault):
+                return t2._replace(s1ptw=True, ipa=pte_addr)
+            pa = t2.oa
+            s2_writable = t2.perm & ACCESS_W
+        pte = read(pa)
+        if pte is None:
+            return fmt.fault(FaultKind.EXTERNAL_ABORT, Reason.WALK_ABORT, h, pte_addr)
+        if not pte & present:
+            return fmt.fault(FaultKind.TRANSLATION, Reason.NOT_PRESENT, h, pte_addr, pte)
+        kind = pte & type_mask
+        if kind == table_type:
+            if pte & table_bad:
+                return bad_entry(fmt, pte, h, pte_addr, fmt.rsvd_table[h])
+            if table_set and pte & table_set != table_set:
+                if not s2_writable:
+                    return s2_update_fault(pte_addr)
+                if not mem.write_u64(pa, pte | table_set):
+                    return fmt.fault(FaultKind.EXTERNAL_ABORT, Reason.UPDATE_FAILED, h,
+                                     pte_addr, pte)
+            acc_and &= pte
+            acc_or |= pte
+            table = pte & table_addr_mask
+            continue
+        if kind != leaf_type:
+            return fmt.fault(FaultKind.TRANSLATION, fmt.bad_type_reason, h, pte_addr, pte)
+        if pte & leaf_bad:
+            return bad_entry(fmt, pte, h, pte_addr, fmt.rsvd_leaf[h])
+        if not s2_writable:
+            pa = -1  # stage 2 forbids hardware updates of this leaf (see update_leaf)
+        return fmt.finish(mem, ia, pte, pte_addr, pa, h, acc_and, acc_or, access)
+    return Fault(FaultKind.TRANSLATION, fmt.bad_type_reason, fmt.stage, None, None)
+
+
+def bad_entry(fmt: TableFormat, pte: int, h: int, pte_addr: int, rsvd: int) -> Fault:
+    """Reserved bits (a translation fault) come before an address-size fault."""
+    if pte & rsvd:
+        return fmt.fault(FaultKind.TRANSLATION, Reason.RESERVED, h, pte_addr, pte)
+    return fmt.fault(FaultKind.ADDRESS_SIZE, Reason.OUTPUT_SIZE, h, pte_addr, pte)
+
+
+def s2_update_fault(ipa: int) -> Fault:
+    """Stage 2 does not let hardware update the stage-1 entry at ``ipa``: the update is a
+    stage-2 write made by the table walk (Arm ARM D8, hardware management of the Access
+    flag and dirty state)."""
+    return Fault(FaultKind.PERMISSION, Reason.PERMISSION, 2, None, None, None, True, ipa)
+
+
+def update_leaf(
+    fmt: TableFormat, mem: MemoryPort, pa: int, new: int, h: int, pte_addr: int, pte: int
+) -> Fault | None:
+    """Write a hardware-updated leaf (AF, A/D, DBM); a fault if that is impossible.
+
+    ``pa`` is -1 when stage 2 forbids writing the leaf's page."""
+    if pa < 0:
+        return s2_update_fault(pte_addr)
+    if mem.write_u64(pa, new):
+        return None
+    return fmt.fault(FaultKind.EXTERNAL_ABORT, Reason.UPDATE_FAILED, h, pte_addr, pte)
+
+
+def permission_fault(fmt: TableFormat, h: int, pte_addr: int, pte: int) -> Fault:
+    return fmt.fault(FaultKind.PERMISSION, Reason.PERMISSION, h, pte_addr, pte)
