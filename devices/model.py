@@ -12,7 +12,10 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from devices.pagetable import Fault, Stage1Walker
 
 
 class MemoryPort(Protocol):
@@ -44,6 +47,10 @@ class Env(Protocol):
 
     def atc_invalidate(self, requester: int, pasid: int, address: int, size: int) -> None:
         """Tell a device to invalidate its ATC (back-end channel ATC_INVALIDATE)."""
+
+    @property
+    def host(self) -> HostPort:
+        """The host IOMMU this model's translations go through."""
 
 
 class FaultKind(enum.IntEnum):
@@ -77,12 +84,69 @@ class DmaFault:
 
 @dataclass(frozen=True, slots=True)
 class DmaTarget:
-    """Where a translated input address lands: a guest-physical address, the naturally
-    aligned block around it with the same translation, and the permissions granted."""
+    """Where a translated input address lands: the guest-physical address (what TRANSLATE
+    reports), the host-physical address the data really moves to (``None``: the session
+    places ``gpa`` itself), the naturally aligned block around it with the same translation
+    as the guest sees it, and the permissions granted."""
 
     gpa: int
     size: int
     perms: Perm
+    hpa: int | None = None
+
+
+Fill = Callable[[int, int], "tuple[int, int, int] | Fault | None"]
+"""A context's miss handler: ``fill(iova, access)`` → ``(gpa, size, perms)`` of the naturally
+aligned block around ``iova`` to install, a walker ``Fault`` to report as is, or ``None`` for
+"not mapped" (a stage-2 translation fault)."""
+
+
+class HostPort(Protocol):
+    """The host IOMMU under the VMM (vmm.host.HostIOMMU), as a model drives it.
+
+    A *context* is a host domain: a host-owned stage 2 (IOVA/IPA → HPA; its mappings are
+    given by guest-physical address and placed by the host) plus stage-1 tables bound per
+    PASID.  Models decode guest configuration and turn it into contexts, mappings, bindings
+    and invalidations; the host translates and caches (the IOTLB).  ``pasid`` None is
+    "no PASID".
+    """
+
+    def alloc_context(self, *, identity: bool = False,
+                      fill: Callable[[int, int], tuple[int, int, int] | Fault | None] | None = None,
+                      ) -> int:
+        """A new context.  ``identity``: its stage 2 maps all guest RAM IPA = GPA (read,
+        write, execute).  ``fill``: called on a stage-2 miss; what it returns is installed and
+        kept until ``invalidate_s2`` drops it."""
+
+    def free_context(self, ctx: int) -> None: ...
+
+    def map(self, ctx: int, iova: int, gpa: int, size: int, perms: int) -> int:
+        """Map ``size`` bytes (4 KiB multiple, aligned); 0 or a negative errno."""
+
+    def unmap(self, ctx: int, iova: int, size: int) -> int:
+        """Unmap a range; returns the bytes that were mapped in it."""
+
+    def invalidate_s2(self, ctx: int, ipa: int = 0, size: int = 1 << 64) -> None:
+        """Forget stage-2 mappings installed by ``fill`` in the range (and what was cached)."""
+
+    def bind_stage1(self, ctx: int, pasid: int | None, walker: Stage1Walker,
+                    asid: int = 0) -> None:
+        """Bind a guest stage-1 table (nested): its table reads go through the context's
+        stage 2.  A new bind for the same (ctx, pasid) replaces the old one."""
+
+    def unbind_stage1(self, ctx: int, pasid: int | None) -> None: ...
+
+    def translate(self, ctx: int, pasid: int | None, iova: int, access: int,
+                  ) -> DmaTarget | Fault:
+        """Translate one access through the context: IOTLB, then stage 1 (if bound for
+        ``pasid``) and stage 2.  Faults come back as walker ``Fault`` values whose ``stage``
+        says which stage decided."""
+
+    def invalidate(self, ctx: int | None = None, *, pasid: int | None | Any = ...,
+                   asid: int | Any = ..., iova: int = 0, size: int = 1 << 64) -> None:
+        """Drop cached translations (the IOTLB) matching the selectors (``...`` = any)."""
+
+    def gpa_to_hpa(self, gpa: int) -> int | None: ...
 
 
 @dataclass(frozen=True, slots=True)
