@@ -8,14 +8,22 @@ Tests then read like specifications: "this write raised exactly one GERROR inter
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
+
+from devices.model import HostPort
 
 
 class FlatMemory:
     """``size`` bytes of guest RAM at ``base``; accesses outside it fail (None / False)."""
 
+    generation = 0
+
     def __init__(self, base: int = 0, size: int = 1 << 20) -> None:
         self.base = base
         self.data = bytearray(size)
+
+    def ram_ranges(self) -> list[tuple[int, int]]:
+        return [(self.base, len(self.data))]
 
     def _span(self, gpa: int, length: int) -> slice | None:
         start = gpa - self.base
@@ -60,6 +68,16 @@ class RecordingEnv:
     """(vector, address, data) of every MSI."""
     atc_invalidations: list[tuple[int, int, int, int]] = field(default_factory=list)
     """(requester, pasid, address, size) of every ATC invalidation."""
+    _host: Any = None
+
+    @property
+    def host(self) -> HostPort:
+        """A real host IOMMU over ``memory``, made on first use (the daemon's kind)."""
+        if self._host is None:
+            from vmm.host import HostIOMMU  # the process layer; imported only by tests
+
+            self._host = HostIOMMU(self.memory)
+        return self._host  # type: ignore[no-any-return]
 
     def irq(self, vector: int) -> None:
         self.irqs.append(vector)

@@ -13,12 +13,13 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from devices.model import DmaFault, DmaRequest, DmaTarget, IommuModel, MemoryPort
+from devices.model import DmaFault, DmaRequest, DmaTarget, HostPort, IommuModel, MemoryPort
 from protocols import messages as m
 from protocols.messages import RegionSpec
 from protocols.session import ExtensionHandler, FaultReply, RequestError
 from vmm.channel import BackendChannel, is_connected_stream, is_eventfd, signal_eventfd
 from vmm.config import DaemonConfig, DeviceSpec, model_class
+from vmm.host import HostIOMMU
 from vmm.memory import GuestMemory, RegionError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ class ModelEnv:
     @property
     def memory(self) -> MemoryPort:
         return self.session.memory
+
+    @property
+    def host(self) -> HostPort:
+        return self.session.host
 
     def irq(self, vector: int) -> None:
         self.session.deliver_irq(self.device, vector, 0, 0)
@@ -73,6 +78,7 @@ class GuestSession:
     def __init__(self, config: DaemonConfig) -> None:
         self.config = config
         self.memory = GuestMemory()
+        self.host = HostIOMMU(self.memory)
         self.declared_features = 0
         self.irq_fds: dict[tuple[int, int], int] = {}
         self.channel: BackendChannel | None = None
@@ -223,24 +229,38 @@ class GuestSession:
     def _pages(
         self, model: IommuModel, requester: int, pasid: int | None, iova: int, length: int,
         flags: int,
-    ) -> list[tuple[int, int]] | FaultReply:
-        """Translate ``[iova, iova+length)`` page by page into (gpa, length) pieces."""
+    ) -> list[tuple[int, int, int]] | FaultReply:
+        """Translate ``[iova, iova+length)`` page by page into (hpa, length, gpa) pieces.
+
+        The data moves at host-physical addresses: a model that hands back a GPA where an
+        HPA belongs (or the reverse) moves the wrong bytes, and the tests see it."""
         write = bool(flags & m.DmaFlag.WRITE)
         priv = bool(flags & m.DmaFlag.PRIVILEGED)
         execute = bool(flags & m.DmaFlag.EXECUTE)
-        pieces: list[tuple[int, int]] = []
+        host = self.host
+        memory = self.memory
+        pieces: list[tuple[int, int, int]] = []
         pos, end = iova, iova + length
         while pos < end:
             result = model.translate(DmaRequest(requester, pasid, pos, write, priv, execute))
             if isinstance(result, DmaFault):
                 return self._fault(result)
             chunk = min(end, (pos | (result.size - 1)) + 1) - pos
-            if not self.memory.contains(result.gpa, chunk):
+            hpa = result.hpa
+            if hpa is None:
+                hpa = host.gpa_to_hpa(result.gpa)
+            if hpa is None:
                 return FaultReply(8, 0, pos, 0)  # kind 8: no guest memory there
-            if pieces and pieces[-1][0] + pieces[-1][1] == result.gpa:
-                pieces[-1] = (pieces[-1][0], pieces[-1][1] + chunk)
+            gpa = host.hpa_to_gpa(hpa)
+            if not (memory.contains(gpa, chunk) and host.placement.contiguous(gpa, chunk)):
+                # a block running off RAM or across a placement seam: go page by page
+                chunk = min(chunk, 4096 - (pos & 4095))
+                if not memory.contains(gpa, chunk):
+                    return FaultReply(8, 0, pos, 0)
+            if pieces and pieces[-1][0] + pieces[-1][1] == hpa and pieces[-1][2] + pieces[-1][1] == gpa:
+                pieces[-1] = (pieces[-1][0], pieces[-1][1] + chunk, pieces[-1][2])
             else:
-                pieces.append((result.gpa, chunk))
+                pieces.append((hpa, chunk, gpa))
             pos += chunk
         return pieces
 
@@ -253,16 +273,17 @@ class GuestSession:
         pieces = self._pages(model, requester, pasid, iova, length, flags)
         if isinstance(pieces, FaultReply):
             return pieces
+        host_memory = self.host.host_memory
         if data is not None:
             done = 0
-            for gpa, n in pieces:
-                self.memory.write(gpa, data[done : done + n])
+            for hpa, n, _ in pieces:
+                host_memory.write(hpa, data[done : done + n])
                 done += n
             return b""
         out = []
-        for gpa, n in pieces:
-            chunk = self.memory.read(gpa, n)
-            assert chunk is not None  # contains() held for every piece
+        for hpa, n, _ in pieces:
+            chunk = host_memory.read(hpa, n)
+            assert chunk is not None  # every piece was checked above
             out.append(chunk)
         return b"".join(out)
 

@@ -93,9 +93,11 @@ def map_region(spec: RegionSpec, fd: int) -> Region:
 class GuestMemory:
     """Guest-physical memory made of mapped regions, sorted by address."""
 
-    __slots__ = ("_regions", "_starts", "_last")
+    __slots__ = ("_regions", "_starts", "_last", "generation")
 
     def __init__(self) -> None:
+        self.generation = 0
+        """Bumped whenever the table changes (the host re-places RAM then)."""
         self._regions: list[Region] = []
         self._starts: list[int] = []
         self._last: Region | None = None
@@ -105,6 +107,9 @@ class GuestMemory:
     @property
     def regions(self) -> tuple[Region, ...]:
         return tuple(self._regions)
+
+    def ram_ranges(self) -> list[tuple[int, int]]:
+        return [(r.gpa, r.size) for r in self._regions]
 
     @staticmethod
     def _check_table(specs: Iterable[RegionSpec]) -> None:
@@ -162,6 +167,7 @@ class GuestMemory:
         self._regions = regions
         self._starts = [r.gpa for r in regions]
         self._last = regions[0] if regions else None
+        self.generation += 1
 
     # -- accesses -------------------------------------------------------------------------
 
