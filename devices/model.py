@@ -48,6 +48,9 @@ class Env(Protocol):
     def atc_invalidate(self, requester: int, pasid: int, address: int, size: int) -> None:
         """Tell a device to invalidate its ATC (back-end channel ATC_INVALIDATE)."""
 
+    def page_response(self, requester: int, pasid: int | None, group: int, code: int) -> None:
+        """Answer a page request group to the device (back-end channel PAGE_RESPONSE)."""
+
     @property
     def host(self) -> HostPort:
         """The host IOMMU this model's translations go through."""
@@ -142,9 +145,17 @@ class HostPort(Protocol):
         ``pasid``) and stage 2.  Faults come back as walker ``Fault`` values whose ``stage``
         says which stage decided."""
 
-    def invalidate(self, ctx: int | None = None, *, pasid: int | None | Any = ...,
-                   asid: int | Any = ..., iova: int = 0, size: int = 1 << 64) -> None:
-        """Drop cached translations (the IOTLB) matching the selectors (``...`` = any)."""
+    def invalidate(self, ctx: int | None = None, *, pasid: Any = ..., asid: Any = ...,
+                   iova: int = 0, size: int = 1 << 64, keep_global: bool = False,
+                   global_any_asid: bool = False) -> None:
+        """Drop cached translations (the IOTLB) matching the selectors (``...`` = any).
+        ``keep_global``: global entries survive (Arm TLBI_NH_ASID; VT-d non-globals within a
+        PASID); ``global_any_asid``: global entries of every ASID are hit too (TLBI_NH_VA)."""
+
+    def alloc_pasid(self) -> int | None:
+        """A free host PASID (VT-d virtual command), or None when none is left."""
+
+    def free_pasid(self, pasid: int) -> bool: ...
 
     def gpa_to_hpa(self, gpa: int) -> int | None: ...
 

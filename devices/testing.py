@@ -68,6 +68,8 @@ class RecordingEnv:
     """(vector, address, data) of every MSI."""
     atc_invalidations: list[tuple[int, int, int, int]] = field(default_factory=list)
     """(requester, pasid, address, size) of every ATC invalidation."""
+    page_responses: list[tuple[int, int | None, int, int]] = field(default_factory=list)
+    """(requester, pasid, group, response code) of every page response."""
     _host: Any = None
 
     @property
@@ -88,8 +90,12 @@ class RecordingEnv:
     def atc_invalidate(self, requester: int, pasid: int, address: int, size: int) -> None:
         self.atc_invalidations.append((requester, pasid, address, size))
 
+    def page_response(self, requester: int, pasid: int | None, group: int, code: int) -> None:
+        self.page_responses.append((requester, pasid, group, code))
+
     def clear(self) -> None:
         """Forget what was recorded so far (memory is kept)."""
         self.irqs.clear()
         self.msis.clear()
         self.atc_invalidations.clear()
+        self.page_responses.clear()

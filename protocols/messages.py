@@ -41,17 +41,32 @@ class Request(enum.IntEnum):
     PV_IOMMU_OP = 48
     SET_IRQ_FD = 64
     SET_BACKEND_CHANNEL = 65
+    # Project additions (protocols/protocol.md §2).
+    TRANSLATE_BATCH = 128
+    DMA_BATCH = 129
+    PAGE_REQUEST = 130
 
 
 class BackendMessage(enum.IntEnum):
     IRQ = 1
     ATC_INVALIDATE = 2
+    PAGE_RESPONSE = 128
 
 
 class Feature(enum.IntFlag):
     PV_IOMMU = 1 << 0
     BACKEND_CHANNEL = 1 << 1
     IRQ_FD = 1 << 2
+    BATCH = 1 << 32
+    PAGE_REQUEST = 1 << 33
+
+
+class PageRequestFlag(enum.IntFlag):
+    READ = 1 << 0
+    WRITE = 1 << 1
+    EXECUTE = 1 << 2
+    PRIVILEGED = 1 << 3
+    LAST = 1 << 4
 
 
 class DmaFlag(enum.IntFlag):
@@ -92,6 +107,17 @@ FaultRecord = c.Struct(
     "stage" / c.Int32ul, "reserved" / c.Int32ul,
 )
 PvIommuHead = c.Struct("subop" / c.Int32ul, "reserved" / c.Int32ul)
+BatchHead = c.Struct("count" / c.Int32ul, "reserved" / c.Int32ul)
+BatchEntryStatus = c.Struct("status" / c.Int32sl, "length" / c.Int32ul)
+PageRequest = c.Struct(
+    "segment" / c.Int16ul, "reserved0" / c.Int16ul, "requester" / c.Int32ul,
+    "pasid" / c.Int32ul, "flags" / c.Int32ul, "address" / c.Int64ul,
+    "group" / c.Int32ul, "reserved1" / c.Int32ul,
+)
+PageResponse = c.Struct(
+    "segment" / c.Int16ul, "reserved0" / c.Int16ul, "requester" / c.Int32ul,
+    "pasid" / c.Int32ul, "group" / c.Int32ul, "code" / c.Int32ul, "reserved1" / c.Int32ul,
+)
 SetIrqFd = c.Struct("device" / c.Int32ul, "vector" / c.Int32ul)
 
 IrqMessage = c.Struct(
@@ -155,6 +181,11 @@ TRANSLATE = fast(Translate)
 TRANSLATE_RESULT = fast(TranslateResult)
 FAULT_RECORD = fast(FaultRecord)
 PV_IOMMU_HEAD = fast(PvIommuHead)
+BATCH_HEAD = fast(BatchHead)
+BATCH_ENTRY_STATUS = fast(BatchEntryStatus)
+PAGE_REQUEST = fast(PageRequest)
+PAGE_RESPONSE = fast(PageResponse)
+MAX_BATCH = 16384
 SET_IRQ_FD = fast(SetIrqFd)
 IRQ_MESSAGE = fast(IrqMessage)
 ATC_INVALIDATE = fast(AtcInvalidate)

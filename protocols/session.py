@@ -76,6 +76,8 @@ class Backend(Protocol):
     def irq_vectors(self, device: int) -> int | None: ...
     def set_irq_fd(self, device: int, vector: int, fd: int) -> None: ...
     def set_backend_channel(self, fd: int) -> None: ...
+    def page_request(self, segment: int, requester: int, pasid: int | None, flags: int,
+                     address: int, group: int) -> int: ...
     def extension(self, code: int) -> ExtensionHandler | None: ...
 
 
@@ -94,6 +96,9 @@ _NEEDS_FEATURE = {
     Request.PV_IOMMU_OP: m.Feature.PV_IOMMU,
     Request.SET_IRQ_FD: m.Feature.IRQ_FD,
     Request.SET_BACKEND_CHANNEL: m.Feature.BACKEND_CHANNEL,
+    Request.TRANSLATE_BATCH: m.Feature.BATCH,
+    Request.DMA_BATCH: m.Feature.BATCH,
+    Request.PAGE_REQUEST: m.Feature.PAGE_REQUEST,
 }
 _FD_REQUESTS = {Request.SET_MEM_TABLE, Request.ADD_MEM_REG, Request.SET_IRQ_FD,
                 Request.SET_BACKEND_CHANNEL}
@@ -137,6 +142,9 @@ class Connection:
             Request.PV_IOMMU_OP: self._pv_iommu_op,
             Request.SET_IRQ_FD: self._set_irq_fd,
             Request.SET_BACKEND_CHANNEL: self._set_backend_channel,
+            Request.TRANSLATE_BATCH: self._translate_batch,
+            Request.DMA_BATCH: self._dma_batch,
+            Request.PAGE_REQUEST: self._page_request,
         }
 
     # -- framing --------------------------------------------------------------------------
@@ -397,3 +405,103 @@ class Connection:
         _expect_size(payload, 0)
         self.backend.set_backend_channel(fds[0])
         return m.reply(Request.SET_BACKEND_CHANNEL, 0)
+
+    # -- project additions (protocols/protocol.md §2) -----------------------------------------
+
+    def _batch_count(self, payload: bytes) -> int:
+        if len(payload) < m.BATCH_HEAD.size:
+            raise RequestError(E.EINVAL, "short batch")
+        count, reserved = m.BATCH_HEAD.unpack(payload)
+        if count > m.MAX_BATCH:
+            raise RequestError(E.EINVAL, f"batch of {count} entries")
+        return int(count)
+
+    def _translate_batch(self, payload: bytes, fds: list[int]) -> bytes:
+        count = self._batch_count(payload)
+        _expect_size(payload, m.BATCH_HEAD.size + m.TRANSLATE.size * count)
+        if m.BATCH_HEAD.unpack(payload)[1]:
+            raise RequestError(E.EINVAL, "reserved field set")
+        backend = self.backend
+        out: list[bytes] = []
+        ok_head = m.STATUS.pack(0, 0)
+        pack_result = m.TRANSLATE_RESULT.codec.pack
+        pack_fault = m.FAULT_RECORD.codec.pack
+        fault_head = m.STATUS.pack(-E.EFAULT, 0)
+        for requester, pasid, iova, flags, segment, reserved in m.TRANSLATE.codec.iter_unpack(
+            memoryview(payload)[m.BATCH_HEAD.size :]
+        ):
+            if reserved or flags & m.DMA_FLAGS_RESERVED:
+                out.append(_ENTRY_EINVAL)
+                continue
+            if not backend.dma_owner(segment, requester):
+                out.append(_ENTRY_ENODEV)
+                continue
+            result = backend.translate(
+                segment, requester, None if pasid == m.NO_PASID else pasid, iova, flags
+            )
+            if isinstance(result, FaultReply):
+                out.append(fault_head + pack_fault(*result, 0))
+            else:
+                out.append(ok_head + pack_result(*result, 0))
+        return m.reply(Request.TRANSLATE_BATCH, 0, b"".join(out))
+
+    def _dma_batch(self, payload: bytes, fds: list[int]) -> bytes:
+        count = self._batch_count(payload)
+        if m.BATCH_HEAD.unpack(payload)[1]:
+            raise RequestError(E.EINVAL, "reserved field set")
+        entries: list[tuple[int, int, int, int, int, int, int]] = []
+        pos = m.BATCH_HEAD.size
+        reads = 0
+        for _ in range(count):
+            if pos + m.DMA.size > len(payload):
+                raise RequestError(E.EINVAL, "batch shorter than its entries")
+            requester, pasid, iova, length, flags, segment = m.DMA.unpack(payload, pos)
+            pos += m.DMA.size
+            data_at = pos
+            if flags & m.DmaFlag.WRITE:
+                pos += length
+            elif length <= m.MAX_DMA_LENGTH:
+                reads += length
+            entries.append((requester, pasid, iova, length, flags, segment, data_at))
+        if pos != len(payload):
+            raise RequestError(E.EINVAL, "batch size does not match its entries")
+        if reads > m.MAX_DMA_LENGTH:
+            raise RequestError(E.EINVAL, "batch reads more than 1 MiB")
+        out: list[bytes] = []
+        for requester, pasid, iova, length, flags, segment, data_at in entries:
+            if flags & m.DMA_FLAGS_RESERVED:
+                out.append(m.BATCH_ENTRY_STATUS.pack(-E.EINVAL, 0))
+                continue
+            if not self.backend.dma_owner(segment, requester):
+                out.append(m.BATCH_ENTRY_STATUS.pack(-E.ENODEV, 0))
+                continue
+            if not 1 <= length <= m.MAX_DMA_LENGTH or iova + length > 1 << 64:
+                out.append(m.BATCH_ENTRY_STATUS.pack(-E.EINVAL, 0))
+                continue
+            writes = bool(flags & m.DmaFlag.WRITE)
+            result = self.backend.dma(
+                segment, requester, None if pasid == m.NO_PASID else pasid, iova, length,
+                flags, payload[data_at : data_at + length] if writes else None,
+            )
+            if isinstance(result, FaultReply):
+                record = m.FAULT_RECORD.pack(*result, 0)
+                out.append(m.BATCH_ENTRY_STATUS.pack(-E.EFAULT, len(record)) + record)
+            else:
+                out.append(m.BATCH_ENTRY_STATUS.pack(0, len(result)) + result)
+        return m.reply(Request.DMA_BATCH, 0, b"".join(out))
+
+    def _page_request(self, payload: bytes, fds: list[int]) -> bytes:
+        _expect_size(payload, m.PAGE_REQUEST.size)
+        segment, rsv0, requester, pasid, flags, address, group, rsv1 = m.PAGE_REQUEST.unpack(
+            payload)
+        if rsv0 or rsv1 or flags & ~0x1F:
+            raise RequestError(E.EINVAL, "reserved field set")
+        if not self.backend.dma_owner(segment, requester):
+            raise RequestError(E.ENODEV, f"no IOMMU owns {segment}:{requester:#x}")
+        status = self.backend.page_request(
+            segment, requester, None if pasid == m.NO_PASID else pasid, flags, address, group)
+        return m.reply(Request.PAGE_REQUEST, status)
+
+
+_ENTRY_EINVAL = m.STATUS.pack(-E.EINVAL, 0) + bytes(24)
+_ENTRY_ENODEV = m.STATUS.pack(-E.ENODEV, 0) + bytes(24)

@@ -57,6 +57,7 @@ class BackendChannel:
         self._queue: collections.deque[tuple[bytes, tuple[int, int] | None]] = collections.deque()
         self._pending_irqs: set[tuple[int, int]] = set()
         self._partial = b""
+        self._queued_other = 0
         self.closed = False
         self.dropped = 0
 
@@ -81,17 +82,28 @@ class BackendChannel:
     def atc_invalidate(
         self, segment: int, requester: int, pasid: int, address: int, size: int
     ) -> None:
-        if self.closed:
-            return
-        non_irq = sum(1 for _, key in self._queue if key is None)
-        if non_irq >= MAX_QUEUED:
-            log.warning("back-end channel: %d messages undelivered; closing it", non_irq)
-            self.close()
-            return
-        msg = m.backend_message(
+        self._post(m.backend_message(
             m.BackendMessage.ATC_INVALIDATE,
             m.ATC_INVALIDATE.pack(segment, 0, requester, pasid, 0, address, size),
-        )
+        ))
+
+    def page_response(self, segment: int, requester: int, pasid: int, group: int,
+                      code: int) -> None:
+        self._post(m.backend_message(
+            m.BackendMessage.PAGE_RESPONSE,
+            m.PAGE_RESPONSE.pack(segment, 0, requester, pasid, group, code, 0),
+        ))
+
+    def _post(self, msg: bytes) -> None:
+        """Queue a message that is not an IRQ; past MAX_QUEUED undelivered, close."""
+        if self.closed:
+            return
+        if self._queued_other >= MAX_QUEUED:
+            log.warning("back-end channel: %d messages undelivered; closing it",
+                        self._queued_other)
+            self.close()
+            return
+        self._queued_other += 1
         self._queue.append((msg, None))
         self.flush()
 
@@ -102,6 +114,8 @@ class BackendChannel:
                 msg, key = self._queue.popleft()
                 if key is not None:
                     self._pending_irqs.discard(key)
+                else:
+                    self._queued_other -= 1
                 self._partial = msg
             try:
                 sent = self.sock.send(self._partial)
@@ -117,6 +131,7 @@ class BackendChannel:
         if not self.closed:
             self.closed = True
             self._queue.clear()
+            self._queued_other = 0
             self._pending_irqs.clear()
             self._partial = b""
             self.sock.close()

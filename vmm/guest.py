@@ -24,7 +24,8 @@ from vmm.memory import GuestMemory, RegionError
 
 log = logging.getLogger(__name__)
 
-OFFERED_FEATURES = m.Feature.BACKEND_CHANNEL | m.Feature.IRQ_FD
+OFFERED_FEATURES = (m.Feature.BACKEND_CHANNEL | m.Feature.IRQ_FD | m.Feature.BATCH
+                    | m.Feature.PAGE_REQUEST)
 
 
 class ModelEnv:
@@ -55,6 +56,12 @@ class ModelEnv:
 
     def atc_invalidate(self, requester: int, pasid: int, address: int, size: int) -> None:
         self.session.atc_invalidate(self.segment, requester, pasid, address, size)
+
+    def page_response(self, requester: int, pasid: int | None, group: int, code: int) -> None:
+        channel = self.session.channel
+        if channel is not None:
+            channel.page_response(self.segment, requester,
+                                  m.NO_PASID if pasid is None else pasid, group, code)
 
 
 @dataclass
@@ -210,6 +217,15 @@ class GuestSession:
 
     def extension(self, code: int) -> ExtensionHandler | None:
         return None
+
+    def page_request(self, segment: int, requester: int, pasid: int | None, flags: int,
+                     address: int, group: int) -> int:
+        model = self.owner(segment, requester)
+        handler = getattr(model, "page_request", None)
+        if handler is None:
+            return -E.ENOSYS  # the model takes no page requests
+        status: int = handler(requester, pasid, flags, address, group)
+        return status
 
     # -- Backend: DMA ------------------------------------------------------------------------
 
