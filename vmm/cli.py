@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib
 import json
 import logging
 import os
@@ -194,7 +195,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="models to start (default: one smmuv3 and one vtd)")
     r.add_argument("--json", action="store_true", help="print the report as JSON")
     r.set_defaults(func=run_main)
+
+    # Commands that live in their own modules: each module has configure(parser) and
+    # main(args) -> int, and is imported only when the command line is built.
+    for name, module, text in PLUGIN_COMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        p = sub.add_parser(name, help=text)
+        mod.configure(p)
+        p.set_defaults(func=mod.main)
     return parser
+
+
+PLUGIN_COMMANDS = (
+    ("replay", "vmm.replay", "replay a recorded trace, a qtest script or a QEMU trace log"),
+    ("fuzz", "vmm.fuzz.cli", "fuzz a model's register interface or the socket front door"),
+    ("guest-config", "vmm.guestconfig",
+     "emit the guest's firmware description (device tree nodes, ACPI DMAR)"),
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -98,6 +98,8 @@ class GuestSession:
             self.slots[spec.id] = Slot(spec, model, cls.mmio_size)
             for lo, hi in model.requester_ranges:
                 self._owners.setdefault(spec.segment, []).append((lo, hi, model))
+        self.pv_iommu = next(
+            (slot.model for slot in self.slots.values() if slot.spec.model == "pv-iommu"), None)
         self._windows = {dev_id: slot.window for dev_id, slot in self.slots.items()}
         self._models = {dev_id: slot.model for dev_id, slot in self.slots.items()}
 
@@ -130,7 +132,8 @@ class GuestSession:
     # -- Backend: features, config, memory -------------------------------------------------
 
     def features(self) -> int:
-        return int(OFFERED_FEATURES)
+        pv = m.Feature.PV_IOMMU if self.pv_iommu is not None else 0
+        return int(OFFERED_FEATURES | pv)
 
     def set_features(self, features: int) -> None:
         self.declared_features = features
@@ -213,7 +216,11 @@ class GuestSession:
 
     def pv_iommu_op(self, subop: int, body: bytes) -> tuple[int, bytes]:
         # Reached only when PV_IOMMU is offered (the connection answers -ENOSYS otherwise).
-        return -E.EOPNOTSUPP, body
+        handler = getattr(self.pv_iommu, "pv_op", None)
+        if handler is None:
+            return -E.EOPNOTSUPP, body
+        result: tuple[int, bytes] = handler(subop, body)
+        return result
 
     def extension(self, code: int) -> ExtensionHandler | None:
         return None
