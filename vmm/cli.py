@@ -202,8 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+            if not exc.name or not module.startswith(exc.name):
+                raise  # a real import error inside the module
             continue
         p = sub.add_parser(name, help=text)
         mod.configure(p)
