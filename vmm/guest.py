@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from devices.model import DmaFault, DmaRequest, DmaTarget, HostPort, IommuModel, MemoryPort
+from devices.model import DmaFault, DmaRequest, HostPort, IommuModel, MemoryPort
 from protocols import messages as m
 from protocols.messages import RegionSpec
 from protocols.session import ExtensionHandler, FaultReply, RequestError
@@ -23,6 +23,9 @@ from vmm.host import HostIOMMU
 from vmm.memory import GuestMemory, RegionError
 
 log = logging.getLogger(__name__)
+
+_WRITE, _PRIV, _EXEC = int(m.DmaFlag.WRITE), int(m.DmaFlag.PRIVILEGED), int(m.DmaFlag.EXECUTE)
+_TCACHE_MAX = 65536
 
 OFFERED_FEATURES = (m.Feature.BACKEND_CHANNEL | m.Feature.IRQ_FD | m.Feature.BATCH
                     | m.Feature.PAGE_REQUEST)
@@ -98,6 +101,12 @@ class GuestSession:
             self.slots[spec.id] = Slot(spec, model, cls.mmio_size)
             for lo, hi in model.requester_ranges:
                 self._owners.setdefault(spec.segment, []).append((lo, hi, model))
+        # Successful translations by (segment, requester, pasid, flags, page): an IOTLB in
+        # front of the models.  Only an MMIO write, a reset, a memory-table change or a
+        # PV-IOMMU op can change what a model translates (hardware caches until software
+        # invalidates, and invalidation is an MMIO write), so those clear it; faults are
+        # never cached, so every one reaches its model and is recorded there.
+        self.tcache: dict[tuple[int, int, int | None, int, int], tuple[int, int, int, int]] = {}
         self.pv_iommu = next(
             (slot.model for slot in self.slots.values() if slot.spec.model == "pv-iommu"), None)
         self._windows = {dev_id: slot.window for dev_id, slot in self.slots.items()}
@@ -160,18 +169,21 @@ class GuestSession:
         return json.dumps(doc).encode()
 
     def set_mem_table(self, regions: list[RegionSpec], fds: list[int]) -> None:
+        self.tcache.clear()
         try:
             self.memory.set_table(list(zip(regions, fds, strict=True)))
         except RegionError as exc:
             raise RequestError(-exc.errno, str(exc)) from None
 
     def add_mem_reg(self, region: RegionSpec, fd: int) -> None:
+        self.tcache.clear()
         try:
             self.memory.add(region, fd)
         except RegionError as exc:
             raise RequestError(-exc.errno, str(exc)) from None
 
     def rem_mem_reg(self, region: RegionSpec) -> None:
+        self.tcache.clear()
         try:
             self.memory.remove(region.gpa, region.size)
         except RegionError as exc:
@@ -180,6 +192,7 @@ class GuestSession:
     # -- Backend: devices ------------------------------------------------------------------
 
     def reset(self, device: int) -> None:
+        self.tcache.clear()
         if device == m.ALL_DEVICES:
             for slot in self.slots.values():
                 slot.model.reset()
@@ -193,6 +206,7 @@ class GuestSession:
         return self._models[device].mmio_read(offset, size)
 
     def mmio_write(self, device: int, offset: int, size: int, value: int) -> None:
+        self.tcache.clear()
         self._models[device].mmio_write(offset, size, value)
 
     def irq_vectors(self, device: int) -> int | None:
@@ -215,6 +229,7 @@ class GuestSession:
         self.channel = BackendChannel(fd)
 
     def pv_iommu_op(self, subop: int, body: bytes) -> tuple[int, bytes]:
+        self.tcache.clear()
         # Reached only when PV_IOMMU is offered (the connection answers -ENOSYS otherwise).
         handler = getattr(self.pv_iommu, "pv_op", None)
         if handler is None:
@@ -250,36 +265,34 @@ class GuestSession:
         return FaultReply(int(fault.kind), fault.code, fault.address, fault.stage)
 
     def _pages(
-        self, model: IommuModel, requester: int, pasid: int | None, iova: int, length: int,
-        flags: int,
+        self, segment: int, model: IommuModel, requester: int, pasid: int | None, iova: int,
+        length: int, flags: int,
     ) -> list[tuple[int, int, int]] | FaultReply:
         """Translate ``[iova, iova+length)`` page by page into (hpa, length, gpa) pieces.
 
         The data moves at host-physical addresses: a model that hands back a GPA where an
         HPA belongs (or the reverse) moves the wrong bytes, and the tests see it."""
-        write = bool(flags & m.DmaFlag.WRITE)
-        priv = bool(flags & m.DmaFlag.PRIVILEGED)
-        execute = bool(flags & m.DmaFlag.EXECUTE)
         host = self.host
         memory = self.memory
         pieces: list[tuple[int, int, int]] = []
         pos, end = iova, iova + length
         while pos < end:
-            result = model.translate(DmaRequest(requester, pasid, pos, write, priv, execute))
-            if isinstance(result, DmaFault):
-                return self._fault(result)
-            chunk = min(end, (pos | (result.size - 1)) + 1) - pos
-            hpa = result.hpa
-            if hpa is None:
-                hpa = host.gpa_to_hpa(result.gpa)
-            if hpa is None:
+            got = self._lookup(segment, model, requester, pasid, pos, flags, True)
+            if isinstance(got, FaultReply):
+                return got
+            gpa_base, hpa_base, size, _ = got
+            chunk = min(end, (pos | (size - 1)) + 1) - pos
+            if hpa_base < 0:
                 return FaultReply(8, 0, pos, 0)  # kind 8: no guest memory there
-            gpa = host.hpa_to_gpa(hpa)
+            hpa = hpa_base + (pos & (size - 1))
+            gpa = gpa_base + (pos & (size - 1))
             if not (memory.contains(gpa, chunk) and host.placement.contiguous(gpa, chunk)):
                 # a block running off RAM or across a placement seam: go page by page
                 chunk = min(chunk, 4096 - (pos & 4095))
-                if not memory.contains(gpa, chunk):
+                page_hpa = host.gpa_to_hpa(gpa)
+                if page_hpa is None or not memory.contains(gpa, chunk):
                     return FaultReply(8, 0, pos, 0)
+                hpa = page_hpa
             if pieces and pieces[-1][0] + pieces[-1][1] == hpa and pieces[-1][2] + pieces[-1][1] == gpa:
                 pieces[-1] = (pieces[-1][0], pieces[-1][1] + chunk, pieces[-1][2])
             else:
@@ -293,7 +306,7 @@ class GuestSession:
     ) -> bytes | FaultReply:
         model = self.owner(segment, requester)
         assert model is not None  # the connection checked dma_owner first
-        pieces = self._pages(model, requester, pasid, iova, length, flags)
+        pieces = self._pages(segment, model, requester, pasid, iova, length, flags)
         if isinstance(pieces, FaultReply):
             return pieces
         host_memory = self.host.host_memory
@@ -310,16 +323,37 @@ class GuestSession:
             out.append(chunk)
         return b"".join(out)
 
+    def _lookup(self, segment: int, model: IommuModel, requester: int, pasid: int | None,
+                iova: int, flags: int, record: bool) -> tuple[int, int, int, int] | FaultReply:
+        """(gpa, hpa or -1, size, perms) of the block holding ``iova``, through the cache."""
+        key = (segment, requester, pasid, flags, iova >> 12)
+        hit = self.tcache.get(key)
+        if hit is not None:
+            return hit
+        result = model.translate(DmaRequest(
+            requester, pasid, iova, bool(flags & _WRITE), bool(flags & _PRIV),
+            bool(flags & _EXEC), record=record,
+        ))
+        if isinstance(result, DmaFault):
+            return self._fault(result)
+        size = result.size
+        mask = size - 1
+        hpa = result.hpa
+        if hpa is None:
+            hpa = self.host.gpa_to_hpa(result.gpa)
+        entry = (result.gpa - (iova & mask), -1 if hpa is None else hpa - (iova & mask),
+                 size, int(result.perms))
+        if size >= 4096 and len(self.tcache) < _TCACHE_MAX:
+            self.tcache[key] = entry
+        return entry
+
     def translate(
         self, segment: int, requester: int, pasid: int | None, iova: int, flags: int
     ) -> tuple[int, int, int] | FaultReply:
         model = self.owner(segment, requester)
         assert model is not None
-        result = model.translate(DmaRequest(
-            requester, pasid, iova, bool(flags & m.DmaFlag.WRITE),
-            bool(flags & m.DmaFlag.PRIVILEGED), bool(flags & m.DmaFlag.EXECUTE), record=False,
-        ))
-        if isinstance(result, DmaFault):
-            return self._fault(result)
-        assert isinstance(result, DmaTarget)
-        return result.gpa, result.size, int(result.perms)
+        got = self._lookup(segment, model, requester, pasid, iova, flags, False)
+        if isinstance(got, FaultReply):
+            return got
+        gpa, _, size, perms = got
+        return gpa + (iova & (size - 1)), size, perms
