@@ -514,12 +514,12 @@ def test_irta_mask_with_intremap() -> None:
 
 def test_vcmd_null_command_and_undefined_commands() -> None:
     dev = make(scalable_mode=True, pasid_bits=8, vcmd=True)
-    assert dev.mmio_read(VCCAP, 8) == 1  # NS only, until PASID allocation lands
+    assert dev.mmio_read(VCCAP, 8) == 0b11  # NS and PAS (rev 5.10 bit positions)
     dev.mmio_write(VCMD, 8, r.VCMD_NULL)
     assert dev.mmio_read(VCRSP, 8) == 0
-    dev.mmio_write(VCMD, 8, r.VCMD_ALLOC_PASID)
+    dev.mmio_write(VCMD, 8, 0x7F)
     assert r.VCRSP.SC.get(dev.mmio_read(VCRSP, 8)) == r.VCRSP_SC_UNDEFINED
-    assert dev.mmio_read(VCMD, 8) == r.VCMD_ALLOC_PASID
+    assert dev.mmio_read(VCMD, 8) == 0x7F
 
 
 def test_vcmd_write_while_in_progress_is_dropped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -546,10 +546,10 @@ def test_translation_disabled_passes_dma_through() -> None:
     assert dev.translate(_req(1 << 52)) == DmaFault(FaultKind.ADDRESS_SIZE, 0, 1 << 52, 0)
 
 
-def test_translation_enabled_is_not_yet_walked() -> None:
+def test_translation_enabled_walks_the_root_table() -> None:
     dev = make()
-    enable_translation(dev)
-    assert dev.translate(_req(0x5000)) == DmaFault(FaultKind.BAD_CONFIG, 0, 0x5000, 0)
+    enable_translation(dev)  # an all-zero root table: root entry not present, fault 0x1
+    assert dev.translate(_req(0x5000)) == DmaFault(FaultKind.BAD_CONFIG, 0x1, 0x5000, 0)
 
 
 def test_reset_restores_every_register() -> None:
