@@ -203,6 +203,8 @@ class GuestSession:
         return self._windows.get(device)
 
     def mmio_read(self, device: int, offset: int, size: int) -> int:
+        # A read may run deferred queue work (VT-d runs at most 1024 descriptors per access).
+        self.tcache.clear()
         return self._models[device].mmio_read(offset, size)
 
     def mmio_write(self, device: int, offset: int, size: int, value: int) -> None:

@@ -147,6 +147,26 @@ class Client:
             await trio.lowlevel.wait_writable(sock)
         return cls(sock)
 
+    @classmethod
+    def in_process(cls, nursery: trio.Nursery, devices: Sequence[str], *,
+                   record: str | None = None) -> Client:
+        """A client of a guest session served in this process (``devices`` as for ``vmm
+        daemon --device``), over a socketpair: no daemon, no socket path.  ``record``: the
+        session is recorded to that trace file (``vmm replay FILE``); it is complete once
+        the client has closed and the session task has ended."""
+        from vmm.config import DaemonConfig, build_devices
+        from vmm.daemon import serve_connection
+        from vmm.guest import GuestSession
+        from vmm.record import Recorder
+
+        config = DaemonConfig(build_devices(list(devices)))
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        theirs.setblocking(False)
+        recorder = Recorder(record, config, source="vmm.harness") if record else None
+        nursery.start_soon(serve_connection, theirs, GuestSession(config, recorder=recorder),
+                           recorder)
+        return cls(ours)
+
     async def aclose(self) -> None:
         self.sock.close()
 
@@ -297,7 +317,8 @@ class BackendChannelReader:
             return None
         payload = bytes(self._rx[m.HEADER_SIZE : m.HEADER_SIZE + size])
         del self._rx[: m.HEADER_SIZE + size]
-        codec = m.IRQ_MESSAGE if code == m.BackendMessage.IRQ else m.ATC_INVALIDATE
+        codec = {m.BackendMessage.IRQ: m.IRQ_MESSAGE,
+                 m.BackendMessage.PAGE_RESPONSE: m.PAGE_RESPONSE}.get(code, m.ATC_INVALIDATE)
         return BackendEvent(code, dict(zip(codec.names, codec.unpack(payload), strict=True)))
 
     def poll(self) -> list[BackendEvent]:
@@ -380,3 +401,55 @@ class BlockingClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def dma_protected(config: dict[str, Any], segment: int, requester: int) -> bool:
+    """Whether GET_CONFIG says DMA from (segment, requester) goes through an IOMMU."""
+    if config.get("dma_protected", False):
+        return True
+    return any(r["segment"] == segment and r["first"] <= requester <= r["last"]
+               for r in config.get("protected_requesters", ()))
+
+
+class BounceBuffer:
+    """The guest's swiotlb for DMA masters no IOMMU protects (seed 003, swiotlb-xen).
+
+    A protected device DMAs through the daemon at the address the driver mapped for it.
+    An unprotected one reaches guest-physical memory directly — the daemon never sees it, as
+    no IOMMU does — so the driver shares only this buffer with it and copies between it and
+    its own buffer (``swiotlb_sync_single_for_cpu`` / ``_for_device``)."""
+
+    def __init__(self, ram: GuestRam, size: int = 64 << 10) -> None:
+        self.ram = ram
+        self.size = size
+        self.gpa = ram.alloc(size)
+
+    def _check(self, length: int) -> None:
+        if length > self.size:
+            raise ValueError(f"{length} bytes do not fit the {self.size}-byte bounce buffer")
+
+    async def from_device(self, client: Client, config: dict[str, Any], *, segment: int,
+                          requester: int, buffer_gpa: int, data: bytes,
+                          iova: int | None = None) -> str | Fault:
+        """The device writes ``data`` for the driver's buffer: "iommu" (through the daemon at
+        ``iova``, default the buffer's own address), "bounced", or the DMA's fault."""
+        if dma_protected(config, segment, requester):
+            got = await client.dma(requester, buffer_gpa if iova is None else iova, data=data,
+                                   segment=segment)
+            return got if isinstance(got, Fault) else "iommu"
+        self._check(len(data))
+        self.ram.write(self.gpa, data)  # the device's own write, which no IOMMU sees
+        self.ram.write(buffer_gpa, self.ram.read(self.gpa, len(data)))  # sync for the CPU
+        return "bounced"
+
+    async def to_device(self, client: Client, config: dict[str, Any], *, segment: int,
+                        requester: int, buffer_gpa: int, length: int,
+                        iova: int | None = None) -> tuple[str, bytes] | Fault:
+        """The device reads the driver's buffer: ("iommu" | "bounced", the bytes it got)."""
+        if dma_protected(config, segment, requester):
+            got = await client.dma(requester, buffer_gpa if iova is None else iova, length,
+                                   segment=segment)
+            return got if isinstance(got, Fault) else ("iommu", got)
+        self._check(length)
+        self.ram.write(self.gpa, self.ram.read(buffer_gpa, length))  # sync for the device
+        return "bounced", self.ram.read(self.gpa, length)

@@ -52,6 +52,7 @@ NO_RAM = 1 << 62
 """Set in an HPA that stands for a GPA outside guest RAM."""
 _GIB = 1 << 30
 RWX = int(Perm.R | Perm.W | Perm.X)
+_W = int(Perm.W)
 _U64 = (1 << 64) - 1
 
 FillResult = tuple[int, int, int] | Fault | None
@@ -561,9 +562,9 @@ class HostIOMMU:
         entry = self.iotlb.lookup(tag, iova)
         want = access & PERM_MASK
         placement = self.placement
-        if entry is not None and not want & ~entry.perm:
+        if entry is not None and not want & ~entry.perm and (entry.dirty or not want & _W):
             hpa = entry.gpa | (iova & entry.mask)
-            return DmaTarget(placement.gpa(hpa), entry.size, Perm(entry.perm), hpa)
+            return DmaTarget(placement.gpa(hpa), entry.size, entry.perm, hpa)
         binding = context.bindings.get(pasid)
         if binding is not None:
             result = binding.nested.walk(self.host_memory, iova, access)
@@ -577,9 +578,9 @@ class HostIOMMU:
                 context.on_fault(result, pasid, iova)
             return result
         size = result.size
-        # Cache write permission only once a write walk has set the dirty state, so a later
-        # first write walks again (A/D and DBM updates happen on the walk).
-        perm = result.perm & (RWX if want & Perm.W else RWX & ~int(Perm.W))
+        # A write must have walked once (A/D and DBM updates happen on the walk) before a hit
+        # may serve a write: entries filled by other accesses are kept "clean".
+        perm = result.perm
         hpa = result.oa
         is_global = False
         if binding is not None:
@@ -588,5 +589,6 @@ class HostIOMMU:
             else:
                 is_global = bool(result.attrs & ATTR_GLOBAL)
         if not hpa & NO_RAM:
-            self.iotlb.insert(tag, iova, size, hpa & ~(size - 1), Perm(perm), is_global=is_global)
+            self.iotlb.insert(tag, iova, size, hpa & ~(size - 1), Perm(perm), is_global=is_global,
+                             dirty=bool(want & _W))
         return DmaTarget(placement.gpa(hpa), size, Perm(result.perm), None if hpa & NO_RAM else hpa)

@@ -138,7 +138,8 @@ class Tag:
 class Entry:
     """One cached leaf translation.  Read-only for callers, except through the Iotlb."""
 
-    __slots__ = ("tag", "iova", "shift", "mask", "gpa", "perm", "is_global", "ipa", "hits", "slot")
+    __slots__ = ("tag", "iova", "shift", "mask", "gpa", "perm", "is_global", "ipa", "hits", "slot",
+                 "dirty")
 
     def __init__(
         self,
@@ -161,6 +162,7 @@ class Entry:
         self.ipa = ipa  # Stage.NESTED: IPA of the block base, if known
         self.hits = 0  # hits since the clock hand last passed: the reference bit
         self.slot = slot
+        self.dirty = True  # False: a write must walk again (to set the table's dirty state)
 
     @property
     def size(self) -> int:
@@ -255,6 +257,7 @@ class Iotlb:
         *,
         is_global: bool = False,
         ipa: int | None = None,
+        dirty: bool = True,
     ) -> Entry:
         """Cache the leaf of ``size`` bytes that covers ``iova`` and maps to ``gpa``.
 
@@ -282,6 +285,7 @@ class Iotlb:
             None if ipa is None else ipa & ~(size - 1),
             slot,
         )
+        entry.dirty = dirty
         self._slots[slot] = entry
         # Fetched after eviction, which may have emptied (and dropped) this very table.
         table = tag.tables.get(shift)
