@@ -66,6 +66,7 @@ from devices.model import (
     Perm,
 )
 from devices.pagetable import ACCESS_PRIV, ACCESS_R, ACCESS_W, ACCESS_X, Fault, Reason
+from devices.ranges import vtd_devtlb_range, vtd_iotlb_range
 from devices.regs import Register, RegisterFile
 from devices.vtd import descriptors as dsc
 from devices.vtd import regs as r
@@ -91,7 +92,6 @@ from devices.vtd.prq import (
 )
 from devices.vtd.queue import InvalidationQueue
 from devices.vtd.regs import CAP, CCMD, ECAP, GCMD, GSTS, IOTLB, IVA, RTADDR, VCRSP
-from vmm.iotlb import vtd_devtlb_range, vtd_iotlb_range
 
 log = logging.getLogger(__name__)
 
