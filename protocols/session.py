@@ -25,6 +25,7 @@ import enum
 import errno as E
 import logging
 import os
+import struct
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
@@ -216,6 +217,13 @@ class Connection:
                     continue
                 self.phase = Phase.PAYLOAD
             else:
+                if not buf and end - pos >= self._size:
+                    # the usual case: the payload arrived whole in one read, so no copy
+                    payload = data if pos == 0 and end == self._size else data[pos : pos + self._size]
+                    pos += self._size
+                    self.phase = Phase.HEADER
+                    out.append(self._dispatch(payload))
+                    continue
                 take = min(self._size - len(buf), end - pos)
                 buf += data[pos : pos + take]
                 pos += take
@@ -330,8 +338,8 @@ class Connection:
             raise RequestError(E.EINVAL, "MMIO_READ payload size")
         device, size, offset = m.MMIO_READ.codec.unpack(payload)
         self._mmio_target(device, size, offset)
-        value = self.backend.mmio_read(device, offset, size)
-        return m.REPLY_HEAD.pack(Request.MMIO_READ, m.REPLY_FLAGS, 16, 0, 0) + m.MMIO_VALUE.pack(value)
+        return _MMIO_READ_REPLY.pack(Request.MMIO_READ, m.REPLY_FLAGS, 16, 0, 0,
+                                     self.backend.mmio_read(device, offset, size))
 
     def _mmio_write(self, payload: bytes, fds: list[int]) -> bytes:
         if len(payload) != 24:
@@ -503,5 +511,6 @@ class Connection:
         return m.reply(Request.PAGE_REQUEST, status)
 
 
+_MMIO_READ_REPLY = struct.Struct("<IIIiIQ")  # header, status word and value in one pack
 _ENTRY_EINVAL = m.STATUS.pack(-E.EINVAL, 0) + bytes(24)
 _ENTRY_ENODEV = m.STATUS.pack(-E.ENODEV, 0) + bytes(24)
