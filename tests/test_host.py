@@ -164,3 +164,12 @@ def test_nested_and_shadow_agree(data: st.DataObject) -> None:
             assert isinstance(s, DmaTarget)
             assert (a.gpa, a.hpa, a.perms & access) == (s.gpa, s.hpa, s.perms & access)
             assert not (a.hpa or 0) & NO_RAM
+
+
+def test_identity_context_refuses_addresses_no_gpa_can_have() -> None:
+    host, _ = setup()
+    for iova in (1 << 62 | 0x4000_1000, 1 << 52 | 0x4000_1000, (1 << 64) - 4096):
+        f = host.translate(0, None, iova, ACCESS_R)
+        assert isinstance(f, Fault) and f.kind == FaultKind.ADDRESS_SIZE and f.stage == 2
+    ctx = host.alloc_context()
+    assert host.map(ctx, 0, 1 << 52, 0x1000, int(Perm.R)) == -errno.EINVAL

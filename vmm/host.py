@@ -48,6 +48,7 @@ from vmm.iotlb import ANY, GlobalRule, Iotlb, Stage, Tag
 log = logging.getLogger(__name__)
 
 PAGE = 4096
+_GPA_BITS = 52  # protocol.md: guest-physical addresses are below 2^52
 NO_RAM = 1 << 62
 """Set in an HPA that stands for a GPA outside guest RAM."""
 _GIB = 1 << 30
@@ -248,6 +249,9 @@ class ContextStage2:
             return Fault(FaultKind.BLOCKED, Reason.NOT_PRESENT, 2, None, None)
         placement = self.host.placement
         if self.identity:
+            if ia >> _GPA_BITS:
+                # no guest-physical address is that large: NO_RAM could not carry it
+                return _stage2_fault(Reason.OUTPUT_SIZE, FaultKind.ADDRESS_SIZE)
             hpa = placement.hpa(ia)
             return Translation.of(hpa, PAGE, 0, RWX, RWX, RWX, 0, 0, 0)
         hit = self.find(ia)
@@ -270,6 +274,8 @@ class ContextStage2:
         if isinstance(got, Fault):
             return got
         gpa, size, perms = got
+        if gpa >> _GPA_BITS:
+            return _stage2_fault(Reason.OUTPUT_SIZE, FaultKind.ADDRESS_SIZE)
         if size < PAGE or size & (size - 1):
             size = PAGE
             gpa &= ~(PAGE - 1)
@@ -394,7 +400,7 @@ class HostIOMMU:
         context = self.contexts.get(ctx)
         if context is None:
             return -E.ENOENT
-        if size < PAGE or size & (size - 1) or iova % size or gpa % size:
+        if size < PAGE or size & (size - 1) or iova % size or gpa % size or (gpa + size) >> _GPA_BITS:
             return -E.EINVAL
         if context.s2.identity:
             return -E.EPERM
