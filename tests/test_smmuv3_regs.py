@@ -214,16 +214,16 @@ def test_irq_ctrl_is_acknowledged() -> None:
 def test_gerror_toggles_and_gerrorn_acknowledges() -> None:
     dev, env = make()
     cmdq_err = r.GERROR.CMDQ_ERR
-    dev._raise_gerror(cmdq_err)
+    dev.raise_gerror(cmdq_err)
     assert rd(dev, r.GERROR) == cmdq_err.mask
     assert dev.gerror_active == cmdq_err.mask
-    dev._raise_gerror(cmdq_err)  # already active: no second toggle
+    dev.raise_gerror(cmdq_err)  # already active: no second toggle
     assert rd(dev, r.GERROR) == cmdq_err.mask
     wr(dev, r.GERROR, 0)  # read-only to software
     assert rd(dev, r.GERROR) == cmdq_err.mask
     wr(dev, r.GERRORN, rd(dev, r.GERROR))  # the acknowledgement
     assert dev.gerror_active == 0
-    dev._raise_gerror(cmdq_err)  # toggles back to 0, which is active again
+    dev.raise_gerror(cmdq_err)  # toggles back to 0, which is active again
     assert rd(dev, r.GERROR) == 0
     assert dev.gerror_active == cmdq_err.mask
     assert env.irqs == [] and env.msis == []  # GERROR_IRQEN was never set
@@ -232,12 +232,12 @@ def test_gerror_toggles_and_gerrorn_acknowledges() -> None:
 def test_gerror_interrupt_wired_then_msi() -> None:
     dev, env = make()
     wr(dev, r.IRQ_CTRL, r.IRQ_CTRL.GERROR_IRQEN.mask)
-    dev._raise_gerror(r.GERROR.SFM_ERR)
-    dev._raise_gerror(r.GERROR.SFM_ERR)  # not a new error: no interrupt
+    dev.raise_gerror(r.GERROR.SFM_ERR)
+    dev.raise_gerror(r.GERROR.SFM_ERR)  # not a new error: no interrupt
     assert env.irqs == [3]
     wr(dev, r.GERROR_IRQ_CFG0, 0x8000_0003)  # ADDR[51:2]: the low bits are reserved
     wr(dev, r.GERROR_IRQ_CFG1, 0x1234)
-    dev._raise_gerror(r.GERROR.EVENTQ_ABT_ERR)
+    dev.raise_gerror(r.GERROR.EVENTQ_ABT_ERR)
     assert env.msis == [(3, 0x8000_0000, 0x1234)]
     assert env.irqs == [3]
 
@@ -328,7 +328,7 @@ def test_reset_restores_every_register(stage: str) -> None:
     for reg in r.REGISTERS:
         wr(dev, reg, reg.full_mask)
     wr(dev, r.GBPA, r.GBPA.UPDATE.mask | r.GBPA.ABORT.mask)
-    dev._raise_gerror(r.GERROR.CMDQ_ERR)
+    dev.raise_gerror(r.GERROR.CMDQ_ERR)
     assert dev.regs.values != fresh
     dev.reset()
     assert dev.regs.values == fresh
@@ -357,7 +357,9 @@ def test_gbpa_abort_blocks() -> None:
     assert env.irqs == [] and env.msis == []
 
 
-def test_enabled_smmu_has_no_configuration_yet() -> None:
+def test_enabled_smmu_reads_the_zeroed_stream_table() -> None:
+    """STRTAB_BASE resets to 0: StreamID 0 finds an all-zero STE there (V = 0)."""
     dev, _ = make()
     wr(dev, r.CR0, r.CR0.SMMUEN.mask)
-    assert dev.translate(dma(0x2000)) == DmaFault(FaultKind.BAD_CONFIG, 0, 0x2000, 0)
+    assert dev.translate(dma(0x2000)) == DmaFault(FaultKind.BAD_CONFIG, 0x04, 0x2000, 0)
+    assert dev.translate(dma(0x2000, sid=1)) == DmaFault(FaultKind.BAD_CONFIG, 0x02, 0x2000, 0)

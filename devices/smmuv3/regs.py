@@ -306,3 +306,10 @@ def with_resets(registers: tuple[Register, ...], resets: Mapping[str, int]) -> t
         replace(r, reset=resets[r.name], _by_name={}) if r.name in resets else r
         for r in registers
     )
+
+# --- Interrupt vectors (the model's ``irq_names`` order, protocol.md GET_CONFIG) -----------
+
+IRQ_EVTQ = 0
+IRQ_PRIQ = 1
+IRQ_CMD_SYNC = 2
+IRQ_GERROR = 3
