@@ -398,6 +398,29 @@ def bench_mmio_roundtrip(opts: Options) -> Result:
     return res
 
 
+@benchmark("pv_map_unmap")
+def bench_pv_map_unmap(opts: Options) -> Result:
+    """PV-IOMMU batches against the trap-and-emulate vIOMMUs (scripts/bench_pv.py)."""
+    import math
+
+    from bench_pv import pv_figures
+
+    notes: dict[str, str] = {}
+    seconds = min(opts.seconds or 0.5, 1.0)  # three variants per repetition
+    got = pv_figures(seconds, opts.reps, cpu=opts.cpu, notes=notes)
+    res = Result(headers=["figure", "value"])
+    for name, value in got.items():
+        if math.isnan(value):
+            res.rows.append([name, "n/a"])
+            continue
+        res.figures[name] = value
+        res.rows.append([name, f"{value:,.2f}" if "ratio" in name else _fmt_rate(value)])
+    res.notes = [f"{name}: {note}" for name, note in notes.items()]
+    res.notes.append("PV: map_pages + unmap_pages batches; trap paths: one page per "
+                     "dma_map/dma_unmap, strict invalidation (target ratio >= 5)")
+    return res
+
+
 # -- driver ----------------------------------------------------------------------------------
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

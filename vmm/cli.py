@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import importlib
 import json
 import logging
@@ -21,7 +22,8 @@ import sys
 from collections.abc import Sequence
 
 from vmm import __version__
-from vmm.config import ConfigError, DaemonConfig, HelpRequested, build_devices
+from vmm.config import ConfigError, HelpRequested
+from vmm.devidmap import add_config_options, load_daemon_config
 
 log = logging.getLogger("vmm")
 
@@ -84,7 +86,7 @@ def daemon_main(args: argparse.Namespace) -> int:
         print(json.dumps(CAPABILITIES))
         return 0
     try:
-        config = DaemonConfig(build_devices(args.device or []))
+        config = load_daemon_config(args)
     except HelpRequested as req:
         print(req.text)
         return 0
@@ -97,6 +99,13 @@ def daemon_main(args: argparse.Namespace) -> int:
     if not config.devices:
         print("vmm daemon: no --device given (try --device help)", file=sys.stderr)
         return 1
+    if args.record:
+        from vmm.record import check_pattern
+
+        problem = check_pattern(args.record)
+        if problem:
+            print(f"vmm daemon: --record {args.record}: {problem}", file=sys.stderr)
+            return 1
     _setup_logging(args.verbose)
     listener: socket.socket | None = None
     connected: socket.socket | None = None
@@ -127,7 +136,8 @@ def daemon_main(args: argparse.Namespace) -> int:
     from vmm.daemon import remove_quietly, run_daemon
 
     try:
-        trio.run(run_daemon, listener, connected, config, args.pidfile)
+        trio.run(functools.partial(run_daemon, record=args.record),
+                 listener, connected, config, args.pidfile)
     except KeyboardInterrupt:
         pass
     finally:
@@ -180,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", action="append", metavar="MODEL,key=value,...",
                    help="add an IOMMU model (QEMU keyval; 'help' and 'MODEL,help' list them)")
     d.add_argument("--pidfile", metavar="PATH", help="write the pid here once listening")
+    add_config_options(d)  # --config FILE, the ID map, topology, DMA masters
+    d.add_argument("--record", metavar="FILE",
+                   help="record each guest connection as a trace (vmm replay FILE); {conn} or "
+                        "%%d in FILE is the connection number; .gz/.zst compress")
     d.add_argument("--sandbox", action="store_true",
                    help="move into a private network namespace with only loopback")
     d.add_argument("-v", "--verbose", action="count", default=0)

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devices.model import IommuModel, Option
+
+if TYPE_CHECKING:
+    from vmm.devidmap import DevidMap
 
 MODELS: dict[str, str] = {
     "smmuv3": "devices.smmuv3.device:SMMUv3",
     "vtd": "devices.vtd.device:VTd",
+    "pv-iommu": "devices.pviommu.device:PvIommu",
 }
 MODEL_HELP: dict[str, str] = {
     "smmuv3": "Arm SMMUv3 (IHI 0070): stream/CD tables, command and event queues",
     "vtd": "Intel VT-d remapping unit: root/context/PASID tables, queued invalidation",
+    "pv-iommu": "Xen PV-IOMMU (v7): guest-managed contexts through PV_IOMMU_OP",
 }
 _NAME_PREFIX = {"smmuv3": "smmu", "vtd": "dmar", "pv-iommu": "pviommu"}
 
@@ -95,7 +100,10 @@ def parse_range(text: str) -> tuple[int, int]:
 
 def parse_value(opt: Option, text: str) -> Any:
     if opt.parse is not None:
-        value = opt.parse(text)
+        try:
+            value = opt.parse(text)
+        except ValueError as exc:  # a model's own parser: the operator's mistake
+            raise ConfigError(str(exc)) from None
     elif opt.kind == "int":
         value = parse_int(text)
     elif opt.kind == "bool":
@@ -178,6 +186,12 @@ def parse_device(text: str) -> tuple[str, dict[str, Any], set[str]]:
         except ConfigError as exc:
             raise ConfigError(f"{model}: {key}: {exc}") from None
         given.add(key)
+    check = getattr(cls, "check_options", None)  # rules across a model's options
+    if check is not None:
+        try:
+            check(values)
+        except ValueError as exc:
+            raise ConfigError(f"{model}: {exc}") from None
     return model, values, given
 
 
@@ -189,6 +203,8 @@ def build_devices(texts: list[str]) -> list[DeviceSpec]:
     parsed = [parse_device(t) for t in texts]
     explicit_ids = {opts["id"] for _, opts, given in parsed if "id" in given}
     next_id = 0
+    if sum(model == "pv-iommu" for model, _, _ in parsed) > 1:
+        raise ConfigError("at most one pv-iommu per guest (PV_IOMMU_OP has no device field)")
     for model, opts, given in parsed:
         if "id" in given:
             dev_id = int(opts["id"])
@@ -213,9 +229,13 @@ class DaemonConfig:
     """Everything a guest session is built from; also the header of a recorded trace."""
 
     devices: list[DeviceSpec]
+    devid_map: DevidMap | None = None
+    """The virtual-to-physical ID map and its vIOMMU devices (vmm.devidmap)."""
+    dma_masters: list[tuple[int, int, int]] = field(default_factory=list)
+    """(segment, first, last): DMA-capable requesters declared by the operator."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "devices": [
                 {"model": d.model, "id": d.id, "name": d.name, "segment": d.segment,
                  "options": {k: list(v) if isinstance(v, tuple) else v
@@ -223,3 +243,8 @@ class DaemonConfig:
                 for d in self.devices
             ]
         }
+        if self.devid_map is not None:  # vmm.devidmap.restore puts these back
+            doc["devid_map"] = self.devid_map.to_json()
+        if self.dma_masters:
+            doc["dma_masters"] = [list(m) for m in self.dma_masters]
+        return doc

@@ -26,6 +26,7 @@ import trio
 from protocols.session import Connection, close_fds
 from vmm.config import DaemonConfig
 from vmm.guest import GuestSession
+from vmm.record import Recorder, env_pattern, open_recorder
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,11 @@ class Stats:
     active: int = 0
 
 
-async def serve_connection(sock: socket.socket, session: GuestSession) -> None:
-    """Serve one guest until it goes away or breaks framing."""
-    conn = Connection(session)
+async def serve_connection(sock: socket.socket, session: GuestSession,
+                           recorder: Recorder | None = None) -> None:
+    """Serve one guest until it goes away or breaks framing (``recorder``: built for
+    ``session``, it records the connection and is closed at the end)."""
+    conn = Connection(session) if recorder is None else recorder.connection(session)
     served = 0
     try:
         while not conn.closed:
@@ -77,6 +80,8 @@ async def serve_connection(sock: socket.socket, session: GuestSession) -> None:
                 channel = session.channel
                 if channel is not None and channel.backlog:
                     channel.flush()
+                if recorder is not None:
+                    recorder.idle()
                 await trio.lowlevel.wait_readable(sock)
                 continue
             except (ConnectionResetError, OSError) as exc:
@@ -106,6 +111,8 @@ async def serve_connection(sock: socket.socket, session: GuestSession) -> None:
     finally:
         close_fds(conn._fds)
         session.close()
+        if recorder is not None:
+            recorder.close()
         sock.close()
 
 
@@ -113,10 +120,15 @@ async def serve_listener(
     listener: socket.socket,
     config: DaemonConfig,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    *,
+    record: str | None = None,
 ) -> None:
-    """Accept guests forever, each in its own task with its own session."""
+    """Accept guests forever, each in its own task with its own session (``record``: a
+    ``--record`` file pattern, one trace per connection)."""
     listener.setblocking(False)
     stats = Stats()
+    if record is None:
+        record = env_pattern()
     async with trio.open_nursery() as nursery:
         task_status.started()
         while True:
@@ -131,14 +143,17 @@ async def serve_listener(
                 continue
             sock.setblocking(False)
             stats.connections += 1
+            recorder = open_recorder(record, config, stats.connections) if record else None
             try:
-                session = GuestSession(config)
+                session = GuestSession(config, recorder=recorder)
             except Exception:
                 log.exception("cannot build the guest's devices")
+                if recorder is not None:
+                    recorder.close()
                 sock.close()
                 continue
             log.info("guest %d connected", stats.connections)
-            nursery.start_soon(serve_connection, sock, session)
+            nursery.start_soon(serve_connection, sock, session, recorder)
 
 
 async def run_daemon(
@@ -147,6 +162,8 @@ async def run_daemon(
     config: DaemonConfig,
     pidfile: str | None,
     on_ready: Callable[[], None] | None = None,
+    *,
+    record: str | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT; with ``connected``, serve that one guest and return."""
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -165,11 +182,15 @@ async def run_daemon(
                 on_ready()
             if connected is not None:
                 connected.setblocking(False)
-                await serve_connection(connected, GuestSession(config))
+                if record is None:
+                    record = env_pattern()
+                recorder = open_recorder(record, config, 1) if record else None
+                await serve_connection(connected, GuestSession(config, recorder=recorder),
+                                       recorder)
                 nursery.cancel_scope.cancel()
             else:
                 assert listener is not None
-                await serve_listener(listener, config)
+                await serve_listener(listener, config, record=record)
 
 
 def write_pidfile(path: str) -> None:

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devices.model import DmaFault, DmaRequest, HostPort, IommuModel, MemoryPort
 from protocols import messages as m
@@ -19,8 +19,12 @@ from protocols.messages import RegionSpec
 from protocols.session import ExtensionHandler, FaultReply, RequestError
 from vmm.channel import BackendChannel, is_connected_stream, is_eventfd, signal_eventfd
 from vmm.config import DaemonConfig, DeviceSpec, model_class
+from vmm.devidmap import dma_protection
 from vmm.host import HostIOMMU
-from vmm.memory import GuestMemory, RegionError
+from vmm.memory import GuestMemory, RegionError, SessionMemory
+
+if TYPE_CHECKING:
+    from vmm.record import Observer
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +62,18 @@ class ModelEnv:
         self.session.deliver_irq(self.device, vector, address, data)
 
     def atc_invalidate(self, requester: int, pasid: int, address: int, size: int) -> None:
-        self.session.atc_invalidate(self.segment, requester, pasid, address, size)
+        segment, requester = self.session.physical_id(self.device, self.segment, requester)
+        self.session.atc_invalidate(segment, requester, pasid, address, size)
 
     def page_response(self, requester: int, pasid: int | None, group: int, code: int) -> None:
+        segment, requester = self.session.physical_id(self.device, self.segment, requester)
+        recorder = self.session.recorder
+        if recorder is not None:
+            recorder.page_response(segment, requester,
+                                   m.NO_PASID if pasid is None else pasid, group, code)
         channel = self.session.channel
         if channel is not None:
-            channel.page_response(self.segment, requester,
+            channel.page_response(segment, requester,
                                   m.NO_PASID if pasid is None else pasid, group, code)
 
 
@@ -85,9 +95,14 @@ def model_config(spec: DeviceSpec) -> dict[str, Any]:
 class GuestSession:
     """Everything one connected guest owns."""
 
-    def __init__(self, config: DaemonConfig) -> None:
+    def __init__(self, config: DaemonConfig, *, memory: SessionMemory | None = None,
+                 recorder: Observer | None = None) -> None:
+        """``memory``: instead of an empty ``GuestMemory`` (replay, tests).  ``recorder``:
+        sees every interrupt and channel message, and wraps the memory (vmm/record.py)."""
         self.config = config
-        self.memory = GuestMemory()
+        self.recorder = recorder
+        base = memory if memory is not None else GuestMemory()
+        self.memory = base if recorder is None else recorder.wrap_memory(base)
         self.host = HostIOMMU(self.memory)
         self.declared_features = 0
         self.irq_fds: dict[tuple[int, int], int] = {}
@@ -95,12 +110,21 @@ class GuestSession:
         self.irqs_dropped = 0
         self.slots: dict[int, Slot] = {}
         self._owners: dict[int, list[tuple[int, int, IommuModel]]] = {}
+        devid = config.devid_map
+        mapped = devid.device_ids() if devid is not None else set()
         for spec in config.devices:
             cls = model_class(spec.model)
             model = cls(model_config(spec), ModelEnv(self, spec.id, spec.segment))
             self.slots[spec.id] = Slot(spec, model, cls.mmio_size)
+            if spec.id in mapped:
+                continue  # a vIOMMU of the ID map: reached through _routes only
             for lo, hi in model.requester_ranges:
                 self._owners.setdefault(spec.segment, []).append((lo, hi, model))
+        # The ID map (vmm/devidmap.py): physical segment -> (first pSID, last pSID, model,
+        # first vSID); the model sees the vSID.
+        self._routes: dict[int, list[tuple[int, int, IommuModel, int]]] = {}
+        for seg, lo, hi, dev_id, vsid in devid.routes() if devid is not None else ():
+            self._routes.setdefault(seg, []).append((lo, hi, self.slots[dev_id].model, vsid))
         # Successful translations by (segment, requester, pasid, flags, page): an IOTLB in
         # front of the models.  Only an MMIO write, a reset, a memory-table change or a
         # PV-IOMMU op can change what a model translates (hardware caches until software
@@ -125,6 +149,8 @@ class GuestSession:
     # -- interrupts ------------------------------------------------------------------------
 
     def deliver_irq(self, device: int, vector: int, msi_address: int, msi_data: int) -> None:
+        if self.recorder is not None:
+            self.recorder.irq(device, vector, msi_address, msi_data)
         fd = self.irq_fds.get((device, vector))
         if fd is not None:
             signal_eventfd(fd)
@@ -135,6 +161,8 @@ class GuestSession:
 
     def atc_invalidate(self, segment: int, requester: int, pasid: int, address: int,
                        size: int) -> None:
+        if self.recorder is not None:
+            self.recorder.atc_invalidate(segment, requester, pasid, address, size)
         if self.channel is not None:
             self.channel.atc_invalidate(segment, requester, pasid, address, size)
 
@@ -151,22 +179,40 @@ class GuestSession:
         devices = []
         for slot in self.slots.values():
             spec, model = slot.spec, slot.model
-            devices.append({
+            entry: dict[str, Any] = {
                 "id": spec.id, "model": spec.model, "name": spec.name,
                 "mmio": {"base": spec.base, "size": slot.window},
                 "segment": spec.segment,
                 "requesters": [list(r) for r in model.requester_ranges],
                 "irqs": list(model.irq_names),
-            })
-        doc = {
+            }
+            physical = [(seg, lo, hi, vsid) for seg, runs in self._routes.items()
+                        for lo, hi, owner, vsid in runs if owner is model]
+            if physical:  # a vIOMMU of the ID map: DMA names the physical IDs
+                physical.sort()
+                first = physical[0][0]
+                entry["segment"] = first
+                entry["requesters"] = [[lo, hi] for seg, lo, hi, _ in physical if seg == first]
+                entry["physical"] = [{"segment": seg, "first": lo, "last": hi, "vsid": vsid}
+                                     for seg, lo, hi, vsid in physical]
+            devices.append(entry)
+        doc: dict[str, Any] = {
             "protocol": 1,
             "devices": devices,
             "pv_iommu": bool(self.features() & m.Feature.PV_IOMMU),
-            # Every requester that can issue DMA here belongs to a model: DMA from anything
-            # else is refused (-ENODEV), so all DMA masters are behind an IOMMU.
-            "dma_protected": True,
         }
+        # Seed 003: DMA from a requester no model owns is refused (-ENODEV), so only the
+        # DMA masters the operator declared can be unprotected.
+        protected = dma_protection(self._protected_ranges(), self.config.dma_masters)
+        doc["dma_protected"] = protected is None
+        if protected is not None:
+            doc["protected_requesters"] = protected
         return json.dumps(doc).encode()
+
+    def _protected_ranges(self) -> list[tuple[int, int, int]]:
+        ranges = [(seg, lo, hi) for seg, owners in self._owners.items() for lo, hi, _ in owners]
+        ranges += [(seg, lo, hi) for seg, runs in self._routes.items() for lo, hi, _, _ in runs]
+        return ranges
 
     def set_mem_table(self, regions: list[RegionSpec], fds: list[int]) -> None:
         self.tcache.clear()
@@ -244,7 +290,7 @@ class GuestSession:
 
     def page_request(self, segment: int, requester: int, pasid: int | None, flags: int,
                      address: int, group: int) -> int:
-        model = self.owner(segment, requester)
+        model, requester = self._route(segment, requester)
         handler = getattr(model, "page_request", None)
         if handler is None:
             return -E.ENOSYS  # the model takes no page requests
@@ -254,10 +300,30 @@ class GuestSession:
     # -- Backend: DMA ------------------------------------------------------------------------
 
     def owner(self, segment: int, requester: int) -> IommuModel | None:
+        routes = self._routes.get(segment)
+        if routes is not None:
+            for lo, hi, model, _ in routes:
+                if lo <= requester <= hi:
+                    return model
+            return None
         for lo, hi, model in self._owners.get(segment, ()):
             if lo <= requester <= hi:
                 return model
         return None
+
+    def _route(self, segment: int, requester: int) -> tuple[IommuModel | None, int]:
+        """The model owning a DMA source and the requester ID it sees (the vSID)."""
+        for lo, hi, model, vsid in self._routes.get(segment, ()):
+            if lo <= requester <= hi:
+                return model, vsid + requester - lo
+        return self.owner(segment, requester), requester
+
+    def physical_id(self, device: int, segment: int, requester: int) -> tuple[int, int]:
+        """(segment, requester) as the front-end names a device a model names by vSID."""
+        devid = self.config.devid_map
+        if devid is None or device not in devid.device_ids():
+            return segment, requester
+        return devid.physical(device, requester) or (segment, requester)
 
     def dma_owner(self, segment: int, requester: int) -> bool:
         return self.owner(segment, requester) is not None
@@ -306,7 +372,7 @@ class GuestSession:
         self, segment: int, requester: int, pasid: int | None, iova: int, length: int,
         flags: int, data: bytes | None,
     ) -> bytes | FaultReply:
-        model = self.owner(segment, requester)
+        model, requester = self._route(segment, requester)
         assert model is not None  # the connection checked dma_owner first
         pieces = self._pages(segment, model, requester, pasid, iova, length, flags)
         if isinstance(pieces, FaultReply):
@@ -352,7 +418,7 @@ class GuestSession:
     def translate(
         self, segment: int, requester: int, pasid: int | None, iova: int, flags: int
     ) -> tuple[int, int, int] | FaultReply:
-        model = self.owner(segment, requester)
+        model, requester = self._route(segment, requester)
         assert model is not None
         got = self._lookup(segment, model, requester, pasid, iova, flags, False)
         if isinstance(got, FaultReply):

@@ -38,6 +38,7 @@ from .walker import (
     Translation,
     Walker,
     permission_fault,
+    tuple_new,
     update_leaf,
     walk_tables,
 )
@@ -186,9 +187,13 @@ class ArmFormat(TableFormat):
 
     def check_root(self) -> Fault | None:
         if self.root & self.root_limit:
-            return Fault(FaultKind.ADDRESS_SIZE, Reason.OUTPUT_SIZE, self.stage,
-                         self.start_level, None)
+            return self.root_fault()
         return None
+
+    def root_fault(self) -> Fault:
+        """The start table lies beyond the output address size."""
+        return Fault(FaultKind.ADDRESS_SIZE, Reason.OUTPUT_SIZE, self.stage, self.start_level,
+                     None)
 
 
 def s1_perms(ap: int, xn: int, table: int, clean: bool) -> tuple[int, int]:
@@ -267,8 +272,8 @@ class ArmS1Table(ArmFormat):
                 return failed
         attrs = (ATTR_NG if pte & NG else 0) | (ATTR_ACCESSED if new & AF else 0) | \
             (ATTR_DIRTY if pte & DBM and not new & AP_2 else 0)
-        return Translation.of((pte & self.leaf_addr_masks[h]) | (ia & (size - 1)), size,
-                           3 - h, perm, priv, user, attrs, pte, pte_addr)
+        return tuple_new(Translation, ((pte & self.leaf_addr_masks[h]) | (ia & (size - 1)),
+                                       size, 3 - h, perm, priv, user, attrs, pte, pte_addr))
 
 
 _TAG_KEEP = (1 << 56) - 1
@@ -297,9 +302,8 @@ class ArmS1Config:
             return Fault(FaultKind.TRANSLATION, Reason.TTB_DISABLED, 1, None, None)
         if (ia & self.tag_masks[upper]) >> t.ia_bits != self.expect[upper]:
             return Fault(FaultKind.TRANSLATION, Reason.INPUT_RANGE, 1, None, None)
-        bad_root = t.check_root()
-        if bad_root is not None:
-            return bad_root
+        if t.root & t.root_limit:
+            return t.root_fault()
         return walk_tables(t, mem, ia, t.root, access, s2)
 
 
@@ -344,9 +348,8 @@ class ArmS2Config(ArmFormat):
     def walk(self, mem: MemoryPort, ia: int, access: int) -> Translation | Fault:
         if ia >> self.ia_bits:
             return Fault(FaultKind.TRANSLATION, Reason.INPUT_RANGE, 2, None, None)
-        bad_root = self.check_root()
-        if bad_root is not None:
-            return bad_root
+        if self.root & self.root_limit:
+            return self.root_fault()
         return walk_tables(self, mem, ia, self.root, access)
 
     def finish(
@@ -380,8 +383,8 @@ class ArmS2Config(ArmFormat):
                 return failed
         attrs = (ATTR_ACCESSED if new & AF else 0) | \
             (ATTR_DIRTY if pte & DBM and new & S2AP_W else 0)
-        return Translation.of((pte & self.leaf_addr_masks[h]) | (ia & (size - 1)), size,
-                           3 - h, perm, priv, user, attrs, pte, pte_addr)
+        return tuple_new(Translation, ((pte & self.leaf_addr_masks[h]) | (ia & (size - 1)),
+                                       size, 3 - h, perm, priv, user, attrs, pte, pte_addr))
 
 
 def default_s2_start_level(granule: int, ia_bits: int) -> int:

@@ -31,6 +31,7 @@ from .walker import (
     TableFormat,
     Translation,
     permission_fault,
+    tuple_new,
     update_leaf,
     walk_tables,
 )
@@ -123,5 +124,5 @@ class VtdSecondStage(TableFormat):
         size = self.sizes[h]
         attrs = (ATTR_SNOOP if pte & SNP else 0) | (ATTR_ACCESSED if new & A else 0) | \
             (ATTR_DIRTY if new & D else 0)
-        return Translation.of((pte & self.leaf_addr_masks[h]) | (ia & (size - 1)), size, h + 1,
-                           perm, perm, perm, attrs, pte, pte_addr)
+        return tuple_new(Translation, ((pte & self.leaf_addr_masks[h]) | (ia & (size - 1)),
+                                       size, h + 1, perm, perm, perm, attrs, pte, pte_addr))

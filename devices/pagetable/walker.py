@@ -128,7 +128,10 @@ class Translation(NamedTuple):
         return not access & PERM_MASK & ~perm
 
 
-_tuple_new = tuple.__new__
+tuple_new = tuple.__new__
+"""``tuple_new(Translation, fields)``: a Translation without a Python-level call (what
+``Translation.of`` does, inlined where walks end)."""
+_tuple_new = tuple_new
 
 
 class Fault(NamedTuple):
@@ -174,6 +177,7 @@ class TableFormat:
         "stage", "top", "shifts", "index_masks", "type_masks", "table_types", "leaf_types",
         "present_mask", "bad_type_reason", "table_addr_mask", "leaf_addr_masks",
         "rsvd_table", "rsvd_leaf", "oa_limit_mask", "level_names", "table_set", "steps",
+        "access_steps",
     )
 
     stage: int
@@ -194,19 +198,38 @@ class TableFormat:
     level_names: tuple[int, ...]
     table_set: int
     """Bits hardware sets in every table entry it uses (x86/VT-d A) when updating."""
-    steps: tuple[tuple[int, int, int, int, int, int, int, int], ...]
-    """The per-level constants the loop unpacks, top level first (``prepare``)."""
+    steps: tuple[tuple[int, int, int, int, int, int, int, int, int, int], ...]
+    """The per-level constants the loop unpacks, top level first (``prepare``), for a
+    lookup (no hardware updates)."""
+    access_steps: tuple[tuple[int, int, int, int, int, int, int, int, int, int], ...]
+    """The same for a request, whose walk sets ``table_set`` in the tables it uses."""
 
     def prepare(self) -> None:
         """Derive ``steps`` once the per-level tuples are set (end of every constructor):
-        (h, shift, index mask, type mask, table type, leaf type, table bad-bits, leaf
-        bad-bits), where bad bits are the reserved bits plus the beyond-output-size bits."""
-        self.steps = tuple(
-            (h, self.shifts[h], self.index_masks[h], self.type_masks[h], self.table_types[h],
-             self.leaf_types[h], self.rsvd_table[h] | self.oa_limit_mask,
-             self.rsvd_leaf[h] | self.oa_limit_mask)
-            for h in range(self.top, -1, -1)
-        )
+        (h, shift, index mask, clean mask, clean value, type mask, table type, leaf type,
+        table bad-bits, leaf bad-bits), where bad bits are the reserved bits plus the
+        beyond-output-size bits, and ``pte & clean mask == clean value`` picks out the
+        common case, a *clean table entry*: present, of table type, no bad bit, and (in
+        ``access_steps``) nothing for hardware to set, so the walk only goes down."""
+        self.steps = tuple(self._step(h, 0) for h in range(self.top, -1, -1))
+        self.access_steps = tuple(self._step(h, self.table_set)
+                                  for h in range(self.top, -1, -1))
+
+    def _step(self, h: int, table_set: int) -> tuple[int, int, int, int, int, int, int, int,
+                                                         int, int]:
+        table_bad = self.rsvd_table[h] | self.oa_limit_mask
+        clean_mask = self.present_mask | self.type_masks[h] | table_bad | table_set
+        clean_value = self.present_mask | self.table_types[h] | table_set
+        # Matching must imply every check of the loop; where it cannot (no table type at
+        # this level, present bits that contradict the table type, or that are bad), the
+        # test is one nothing matches.
+        if (self.table_types[h] < 0 or not self.present_mask
+                or clean_value & self.type_masks[h] != self.table_types[h]
+                or clean_value & table_bad):
+            clean_mask, clean_value = 0, 1
+        return (h, self.shifts[h], self.index_masks[h], clean_mask, clean_value,
+                self.type_masks[h], self.table_types[h], self.leaf_types[h], table_bad,
+                self.rsvd_leaf[h] | self.oa_limit_mask)
 
     def finish(
         self, mem: MemoryPort, ia: int, pte: int, pte_addr: int, pa: int, h: int,
@@ -242,8 +265,8 @@ def walk_tables(
     s2_writable = ACCESS_W
     # One pass per level, top first: the walk reads at most top + 1 entries whatever the
     # tables contain (cyclic ones included), and the level-0 step has no table type.
-    for h, shift, index_mask, type_mask, table_type, leaf_type, table_bad, leaf_bad \
-            in fmt.steps:
+    for h, shift, index_mask, clean_mask, clean_value, type_mask, table_type, leaf_type, \
+            table_bad, leaf_bad in (fmt.access_steps if access else fmt.steps):
         pte_addr = table + (((ia >> shift) & index_mask) << 3)
         pa = pte_addr
         if s2 is not None:
@@ -253,6 +276,12 @@ def walk_tables(
             pa = t2.oa
             s2_writable = t2.perm & ACCESS_W
         pte = read(pa)
+        if pte is not None and pte & clean_mask == clean_value:
+            # A clean table entry (prepare): all the checks below would pass.
+            acc_and &= pte
+            acc_or |= pte
+            table = pte & table_addr_mask
+            continue
         if pte is None:
             return fmt.fault(FaultKind.EXTERNAL_ABORT, Reason.WALK_ABORT, h, pte_addr)
         if not pte & present:

@@ -36,6 +36,7 @@ from .walker import (
     Translation,
     Walker,
     permission_fault,
+    tuple_new,
     update_leaf,
     walk_tables,
 )
@@ -143,5 +144,5 @@ class X86FirstStage(TableFormat):
         size = self.sizes[h]
         attrs = (ATTR_GLOBAL if pte & G else 0) | (ATTR_ACCESSED if new & A else 0) | \
             (ATTR_DIRTY if new & D else 0)
-        return Translation.of((pte & self.leaf_addr_masks[h]) | (ia & (size - 1)), size, h + 1,
-                           perm, priv, user, attrs, pte, pte_addr)
+        return tuple_new(Translation, ((pte & self.leaf_addr_masks[h]) | (ia & (size - 1)),
+                                       size, h + 1, perm, priv, user, attrs, pte, pte_addr))

@@ -1,0 +1,206 @@
+"""``vmm fuzz``: fuzz a model's register interface (and everything it reaches) or the socket.
+
+    vmm fuzz --target smmuv3 --runs 1000000              # built-in engine, one process
+    vmm fuzz --target vtd --time 600 --jobs 2 --crashes crashes/
+    vmm fuzz --target smmuv3 --engine atheris --time 60  # coverage-guided (pip install .[fuzz])
+    vmm fuzz --target protocol --runs 1000000            # a live daemon over its socket
+    vmm fuzz --reproduce crashes/vtd-exception-....json  # run a reproducer again
+
+One execution is one step (one guest action: a register access, a queue publication, a table
+entry, a DMA...).  The command prints executions per second and the coverage reached; it
+exits 1 when a failure was found, 0 when the run was clean, 2 when the target is unavailable
+or the arguments are wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from vmm.fuzz.targets import ALL_TARGETS, unavailable
+
+DEFAULT_CRASHES = "fuzz-crashes"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", choices=ALL_TARGETS, help="what to fuzz")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--runs", type=int, metavar="N",
+                        help="stop after N executions: steps (built-in), messages (protocol), "
+                             "programs (atheris, as libFuzzer counts)")
+    budget.add_argument("--time", type=float, metavar="S", help="stop after S seconds")
+    parser.add_argument("--seed", type=int, default=0, help="PRNG seed (job i uses seed + i)")
+    parser.add_argument("--corpus", type=Path, metavar="DIR",
+                        help="load programs from and save new finds to DIR")
+    parser.add_argument("--crashes", type=Path, metavar="DIR", default=Path(DEFAULT_CRASHES),
+                        help=f"where minimized reproducers go (default {DEFAULT_CRASHES}/)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N", help="parallel processes")
+    parser.add_argument("--device", metavar="MODEL,key=value,...",
+                        help="the model's options (default: the target's, every feature on)")
+    parser.add_argument("--engine", choices=("builtin", "atheris"), default="builtin",
+                        help="built-in behaviour-guided loop, or atheris/libFuzzer coverage")
+    parser.add_argument("--minimize-seconds", type=float, default=60.0, metavar="S",
+                        help="time allowed to minimize each failure")
+    parser.add_argument("--reproduce", type=Path, metavar="FILE",
+                        help="run a reproducer (a .json the fuzzer wrote) and report")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.reproduce is not None:
+        return reproduce_main(args.reproduce)
+    if args.target is None:
+        print("vmm fuzz: --target or --reproduce is required", file=sys.stderr)
+        return 2
+    reason = unavailable(args.target)
+    if reason is not None:
+        print(f"vmm fuzz: {reason}", file=sys.stderr)
+        return 2
+    if args.runs is None and args.time is None:
+        args.runs = 100_000
+    if args.engine == "atheris":
+        return atheris_main(args)
+    if args.target == "protocol":
+        from vmm.fuzz.protocol import fuzz_protocol_jobs
+
+        return fuzz_protocol_jobs(args)
+    return builtin_main(args)
+
+
+def reproduce_main(path: Path) -> int:
+    from vmm.fuzz import reproducer
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        print(f"vmm fuzz: {path}: {exc}", file=sys.stderr)
+        return 2
+    if doc.get("target") == "protocol":
+        from vmm.fuzz.protocol import reproduce_protocol
+
+        failure = reproduce_protocol(doc)
+        print(f"{path}: protocol, {len(doc['messages'])} messages; recorded failure: "
+              f"{(doc.get('failure') or {}).get('kind', 'none')}")
+        if failure is None:
+            print("no failure: the run is clean now")
+            return 0
+        print(f"FAILURE {failure.kind}\n{failure.detail}")
+        return 1
+    try:
+        rep, failure = reproducer.run(path)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"vmm fuzz: {path}: {exc}", file=sys.stderr)
+        return 2
+    print(f"{path}: {rep.target} ({rep.device}), {len(rep.steps)} steps; recorded failure: "
+          f"{rep.kind or 'none'}")
+    if failure is None:
+        print("no failure: the run is clean now")
+        return 0
+    print(f"FAILURE {failure.kind}\n{failure.detail}")
+    return 1
+
+
+def _job(spec: dict[str, Any]) -> dict[str, Any]:
+    """One built-in engine process (also the whole run when --jobs 1)."""
+    from vmm.fuzz.engine import Engine
+    from vmm.fuzz.targets import make_target
+
+    target = make_target(spec["target"], spec["device"])
+    engine = Engine(target, seed=spec["seed"], corpus_dir=spec["corpus"],
+                    crashes_dir=spec["crashes"], minimize_seconds=spec["minimize"],
+                    log=None if spec["quiet"] else sys.stderr)
+    stats = engine.fuzz(runs=spec["runs"], seconds=spec["time"])
+    return {"execs": stats.execs, "programs": stats.programs, "seconds": stats.seconds,
+            "cpu": stats.cpu_seconds, "features": stats.features, "corpus": stats.corpus,
+            "failures": [(f.kind, f.detail.splitlines()[0], str(f.path) if f.path else None,
+                          len(f.steps)) for f in stats.failures],
+            "line": stats.line()}
+
+
+def builtin_main(args: argparse.Namespace) -> int:
+    jobs = max(1, args.jobs)
+    specs = [{
+        "target": args.target, "device": args.device, "seed": args.seed + i,
+        "corpus": args.corpus, "crashes": args.crashes, "minimize": args.minimize_seconds,
+        "quiet": args.quiet or i > 0,
+        "runs": None if args.runs is None else args.runs // jobs + (i < args.runs % jobs),
+        "time": args.time,
+    } for i in range(jobs)]
+    print(f"vmm fuzz: target {args.target}, built-in engine, {jobs} job(s), "
+          + (f"{args.runs} execs" if args.runs is not None else f"{args.time} s"), flush=True)
+    if jobs == 1:
+        results = [_job(specs[0])]
+    else:
+        with multiprocessing.get_context("fork").Pool(jobs) as pool:
+            results = pool.map(_job, specs)
+    return report(args.target, results)
+
+
+def report(target: str, results: list[dict[str, Any]]) -> int:
+    execs = sum(r["execs"] for r in results)
+    programs = sum(r["programs"] for r in results)
+    wall = max((r["seconds"] for r in results), default=0.0)
+    if len(results) > 1:
+        for r in results:
+            print(f"  job: {r['line']}")
+    rate = execs / wall if wall else 0.0
+    per_job = [r["execs"] / r["seconds"] for r in results if r["seconds"]]
+    cpu = sum(r.get("cpu", 0.0) for r in results)
+    per_cpu = f", {execs / cpu:,.0f} per CPU-second" if cpu else ""
+    print(f"{target}: {execs} execs ({programs} programs) in {wall:.1f} s: "
+          f"{rate:,.0f} exec/s{per_cpu}"
+          + (f" ({', '.join(f'{x:,.0f}' for x in per_job)} per job)" if len(per_job) > 1
+             else ""))
+    load = os.getloadavg()[0]
+    if load > (os.cpu_count() or 1):
+        print(f"{target}: note: load average {load:.1f} on {os.cpu_count()} CPUs during the run")
+    print(f"{target}: coverage {max(r['features'] for r in results)} behaviours "
+          f"(largest job), corpus {sum(r['corpus'] for r in results)} programs")
+    failures = [f for r in results for f in r["failures"]]
+    for kind, first, path, nsteps in failures:
+        print(f"FAILURE {kind}: {first}\n  reproducer ({nsteps} steps): {path}")
+    if not failures:
+        print(f"{target}: clean (no failure)")
+    return 1 if failures else 0
+
+
+def atheris_main(args: argparse.Namespace) -> int:
+    """Run the atheris engine in a fresh interpreter, so that the models are instrumented
+    as they are imported (atheris cannot instrument modules already loaded here)."""
+    try:
+        import atheris  # noqa: F401
+    except ImportError:
+        print("vmm fuzz: --engine atheris needs the 'atheris' package "
+              "(pip install 'viommu[fuzz]')", file=sys.stderr)
+        return 2
+    if args.target == "protocol":
+        print("vmm fuzz: the protocol target runs with the built-in engine only",
+              file=sys.stderr)
+        return 2
+    cmd = [sys.executable, "-m", "vmm.fuzz.atheris_main", "--target", args.target,
+           "--seed", str(args.seed), "--crashes", str(args.crashes),
+           "--minimize-seconds", str(args.minimize_seconds)]
+    if args.device:
+        cmd += ["--device", args.device]
+    if args.runs is not None:
+        cmd += ["--runs", str(args.runs)]
+    if args.time is not None:
+        cmd += ["--time", str(args.time)]
+    if args.corpus is not None:
+        cmd += ["--corpus", str(args.corpus)]
+    jobs = max(1, args.jobs)
+    procs = [subprocess.Popen([*cmd, "--job", str(i)]) for i in range(jobs)]
+    codes = [p.wait() for p in procs]
+    return max(codes) if all(c in (0, 1) for c in codes) else 1
+
+
+if __name__ == "__main__":  # pragma: no cover - the entry point is vmm.cli
+    parser = argparse.ArgumentParser(prog="vmm fuzz")
+    configure(parser)
+    sys.exit(main(parser.parse_args()))

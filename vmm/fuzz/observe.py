@@ -1,0 +1,194 @@
+"""Guest memory as the fuzzer's oracles see it: every model access counted and checked.
+
+``ObservedMemory`` sits where a model's ``Env.memory`` and the host's stage-2/stage-1 walks
+reach guest RAM (``GuestSession.memory``, ``HostIOMMU.memory``, ``HostMemory.guest``).  It
+forwards to the session's ``GuestMemory`` and keeps two oracles honest (DESIGN.md invariant 1):
+
+- *bounded work*: ``accesses`` counts calls; the executor compares the count of one step with
+  that step's bound.
+- *no access outside guest RAM*: an access outside the regions must be answered ``None`` /
+  ``False``; an exception out of guest memory, or a write reported done that does not lie
+  inside RAM, is recorded in ``violation`` (the executor turns it into a failure after the
+  step, so a model that swallows exceptions cannot hide it).
+
+Model writes also feed the coverage map: the size and first byte of a record-sized write is an
+event or status type the model produced.
+"""
+
+from __future__ import annotations
+
+from protocols.messages import RegionSpec
+from vmm.fuzz.oracles import WorkExceeded
+from vmm.memory import GuestMemory
+
+
+class ObservedMemory:
+    """A ``devices.model.MemoryPort`` over ``raw`` that counts and checks every access."""
+
+    __slots__ = ("raw", "accesses", "limit", "violation", "features")
+
+    def __init__(self, raw: GuestMemory) -> None:
+        self.raw = raw
+        self.accesses = 0
+        self.limit = 1 << 62
+        """Accesses allowed in the current step; one more raises ``WorkExceeded``."""
+        self.violation: str | None = None
+        self.features: set[int] | None = None
+        """Where write features go (``None``: not collected)."""
+
+    # -- what the host reads of the table -------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        return self.raw.generation
+
+    def ram_ranges(self) -> list[tuple[int, int]]:
+        return self.raw.ram_ranges()
+
+    def contains(self, gpa: int, length: int) -> bool:
+        self.accesses += 1
+        if self.accesses > self.limit:
+            raise WorkExceeded
+        try:
+            return self.raw.contains(gpa, length)
+        except Exception as exc:
+            self._violate("contains", gpa, length, exc)
+            return False
+
+    # -- the memory table (the session's requests, not model accesses) ------------------------
+
+    def set_table(self, entries: list[tuple[RegionSpec, int]]) -> None:
+        self.raw.set_table(entries)
+
+    def add(self, spec: RegionSpec, fd: int) -> None:
+        self.raw.add(spec, fd)
+
+    def remove(self, gpa: int, size: int) -> None:
+        self.raw.remove(gpa, size)
+
+    def clear(self) -> None:
+        self.raw.clear()
+
+    # -- accesses ---------------------------------------------------------------------------
+
+    def _violate(self, what: str, gpa: object, length: object, exc: BaseException) -> None:
+        if self.violation is None:
+            self.violation = (f"guest-memory {what}({gpa!r}, {length!r}) raised "
+                              f"{type(exc).__name__}: {exc}")
+
+    def _wrote(self, gpa: int, length: int) -> None:
+        if not self.raw.contains(gpa, length) and self.violation is None:
+            self.violation = f"write of {length} bytes at {gpa:#x} reported done outside RAM"
+        features = self.features
+        if features is not None:
+            features.add(hash(("w", length)))
+
+    def read(self, gpa: int, length: int) -> bytes | None:
+        self.accesses += 1
+        if self.accesses > self.limit:
+            raise WorkExceeded
+        try:
+            return self.raw.read(gpa, length)
+        except Exception as exc:
+            self._violate("read", gpa, length, exc)
+            return None
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> bool:
+        self.accesses += 1
+        if self.accesses > self.limit:
+            raise WorkExceeded
+        try:
+            done = self.raw.write(gpa, data)
+        except Exception as exc:
+            self._violate("write", gpa, len(data), exc)
+            return False
+        if done:
+            self._wrote(gpa, len(data))
+            features = self.features
+            if features is not None and len(data) >= 16:
+                features.add(hash(("record", len(data), data[0])))
+        return done
+
+    def read_u32(self, gpa: int) -> int | None:
+        self.accesses += 1
+        if self.accesses > self.limit:
+            raise WorkExceeded
+        try:
+            return self.raw.read_u32(gpa)
+        except Exception as exc:
+            self._violate("read_u32", gpa, 4, exc)
+            return None
+
+    def read_u64(self, gpa: int) -> int | None:
+        self.accesses += 1
+        if self.accesses > self.limit:
+            raise WorkExceeded
+        try:
+            return self.raw.read_u64(gpa)
+        except Exception as exc:
+            self._violate("read_u64", gpa, 8, exc)
+            return None
+
+    def write_u32(self, gpa: int, value: int) -> bool:
+        self.accesses += 1
+        if self.accesses > self.limit:
+            raise WorkExceeded
+        try:
+            done = self.raw.write_u32(gpa, value)
+        except Exception as exc:
+            self._violate("write_u32", gpa, 4, exc)
+            return False
+        if done:
+            self._wrote(gpa, 4)
+        return done
+
+    def write_u64(self, gpa: int, value: int) -> bool:
+        self.accesses += 1
+        if self.accesses > self.limit:
+            raise WorkExceeded
+        try:
+            done = self.raw.write_u64(gpa, value)
+        except Exception as exc:
+            self._violate("write_u64", gpa, 8, exc)
+            return False
+        if done:
+            self._wrote(gpa, 8)
+        return done
+
+
+class ReadOnlyMemory:
+    """Guest memory that can be read but not written: the view of an oracle's cold walk,
+    which must not change what the guest sees (no A/D updates, no fault records)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: GuestMemory) -> None:
+        self.raw = raw
+
+    @property
+    def generation(self) -> int:
+        return self.raw.generation
+
+    def ram_ranges(self) -> list[tuple[int, int]]:
+        return self.raw.ram_ranges()
+
+    def contains(self, gpa: int, length: int) -> bool:
+        return self.raw.contains(gpa, length)
+
+    def read(self, gpa: int, length: int) -> bytes | None:
+        return self.raw.read(gpa, length)
+
+    def read_u32(self, gpa: int) -> int | None:
+        return self.raw.read_u32(gpa)
+
+    def read_u64(self, gpa: int) -> int | None:
+        return self.raw.read_u64(gpa)
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> bool:
+        return False
+
+    def write_u32(self, gpa: int, value: int) -> bool:
+        return False
+
+    def write_u64(self, gpa: int, value: int) -> bool:
+        return False
