@@ -210,6 +210,8 @@ class TraceReader:
             stream = buffered
         self._text = io.TextIOWrapper(stream, encoding="utf-8", newline="\n")
         self.line = 0
+        self.truncated = False
+        """The compressed stream ended early; the events read so far are all there is."""
         try:
             first = self._text.readline()
         except (OSError, EOFError, UnicodeDecodeError) as exc:
@@ -244,12 +246,20 @@ class TraceReader:
                     try:
                         ev = json.loads(text)  # leading blanks, say, after an edit
                     except ValueError as exc:
+                        if not text.endswith("\n"):  # the last line, half written
+                            self.truncated = True
+                            break
                         raise TraceError(f"not JSON: {exc}", lineno) from None
                 if ev.__class__ is not dict or "k" not in ev:
                     raise TraceError("an event must be an object with a 'k' member", lineno)
                 yield lineno, ev
             self.line = lineno
-        except (OSError, EOFError, UnicodeDecodeError) as exc:
+        except EOFError:
+            # A compressed stream cut short (the recording process was killed): what was
+            # written before is a trace like any other, without its end.
+            self.truncated = True
+            self.line = lineno
+        except (OSError, UnicodeDecodeError) as exc:
             raise TraceError(f"cannot read further: {exc}", lineno + 1) from None
 
     def close(self) -> None:
@@ -346,6 +356,11 @@ _MMIO_WRITE_BODY = struct.Struct("<IIQQ")
 def _regs_member(regs: dict[str, dict[str, int]] | None) -> str:
     if not regs:
         return ""
+    if len(regs) == 1:
+        for dev, delta in regs.items():
+            if len(delta) == 1:  # the usual MMIO write: one register of one model
+                for name, v in delta.items():
+                    return f',"regs":{{"{dev}":{{"{name}":"{v:#x}"}}}}'
     inner = ",".join(
         f'"{dev}":{{' + ",".join(f'"{name}":"{v:#x}"' for name, v in delta.items()) + "}"
         for dev, delta in regs.items())
@@ -370,6 +385,10 @@ def _mmio_line(e: Any) -> str | None:
     return None
 
 
+_SEEN_LINES: dict[bytes, str] = {}
+"""Lines of requests without fds or register changes, by message + reply bytes."""
+
+
 def format_entries(entries: list[Any]) -> str:
     """Lines (each ending in a newline) for a batch of recorder entries."""
     out: list[str] = []
@@ -381,7 +400,19 @@ def format_entries(entries: list[Any]) -> str:
             data = "null" if v is None else f'"{v.to_bytes(8, "little").hex()}"'
             add(f'{{"k":"read","gpa":"{e[1]:#x}","n":8,"data":{data}}}\n')
         elif tag == REQ:
-            add(_mmio_line(e) or _DUMPS(request_event(e[1], e[2], e[3], e[4], e[5])) + "\n")
+            if e[5] is None and not e[2]:
+                # Drivers poll: the same request with the same reply, over and over.
+                key = e[1] + e[4]
+                line = _SEEN_LINES.get(key)
+                if line is None:
+                    line = _mmio_line(e) or _DUMPS(request_event(e[1], (), e[3], e[4], None)) \
+                        + "\n"
+                    if len(_SEEN_LINES) >= 4096:
+                        _SEEN_LINES.clear()
+                    _SEEN_LINES[key] = line
+                add(line)
+            else:
+                add(_mmio_line(e) or _DUMPS(request_event(e[1], e[2], e[3], e[4], e[5])) + "\n")
         elif tag == READ32:
             v = e[2]
             data = "null" if v is None else f'"{v.to_bytes(4, "little").hex()}"'

@@ -421,6 +421,21 @@ def bench_pv_map_unmap(opts: Options) -> Result:
     return res
 
 
+@benchmark("translate")
+def bench_translate(opts: Options) -> Result:
+    """In-process translations: IOTLB hits and 4-level walk misses in Python and C, beside a
+    plain C walker over the same tables (scripts/bench_translate.py)."""
+    from bench_translate import translate_figures
+
+    rows: list[list[str]] = []
+    got = translate_figures(opts.reps, rows=rows)  # main() has pinned this process
+    res = Result(figures=dict(got), headers=["figure", "median /s", "ns each", "range"],
+                 rows=rows)
+    res.notes.append("targets: iotlb_hit_per_s >= 3 M/s, walk_miss_python_per_s >= 500 k/s, "
+                     "walk_c_batched_vs_reference_ratio >= 0.3; rates in CPU time")
+    return res
+
+
 # -- driver ----------------------------------------------------------------------------------
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:

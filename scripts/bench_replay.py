@@ -14,10 +14,15 @@
   RAM.  Median of ``reps`` runs, CPU time.
 * ``record_throughput_ratio`` (target ≥ 0.7): MMIO round trips per second of a ``vmm daemon
   --record trace.jsonl.gz`` over those of a daemon without it, each a subprocess serving a
-  blocking client alternating MMIO_WRITE (a register that changes every time, so each write
-  carries a register delta) and MMIO_READ.  Client and daemons are pinned to one CPU (as
-  scripts/bench.py does); the two daemons are measured back to back in every repetition and
-  the median ratio is reported.
+  blocking client doing scripts/bench.py's ``mmio_roundtrip`` request (MMIO_READ of
+  SMMU_CR0).  ``record_throughput_ratio_writes``: the costliest MMIO mix, alternating an
+  MMIO_WRITE of a register that changes every time (each line carries a register change) and
+  a read of it (a new value each time).  Client and daemons are pinned to one CPU (as
+  scripts/bench.py does); the two daemons are measured in alternating slices of a tenth of
+  ``seconds`` in every repetition, and the median ratio is reported.
+* ``record_cpu_ratio``: the same, from CPU time per round trip (client + daemon) instead of
+  wall time: what the ratio would be on an otherwise idle CPU (the machine's other load moves
+  wall-clock throughput, not CPU time per request).
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -158,53 +164,103 @@ def _daemon(tmp: str, name: str, cpu: int, record: str | None) -> tuple[subproce
     return proc, sock
 
 
-def _mmio_rate(sock: socket.socket, seconds: float) -> float:
+def _cpu_ns(pid: int) -> int:
+    """CPU time of all threads of ``pid`` (schedstat), in ns."""
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+            total += int(f.read().split()[0])
+    return total
+
+
+_CR0_READ = m.request(Request.MMIO_READ, m.MMIO_READ.pack(0, 4, 0x20))
+_CFG1_READ = m.request(Request.MMIO_READ, m.MMIO_READ.pack(0, 4, 0x70))
+_WRITE_HEAD = m.HEADER.pack(Request.MMIO_WRITE, m.VERSION, m.MMIO_WRITE.size)
+
+
+def _mmio_burst(sock: socket.socket, pairs: int, value: int, writes: bool) -> None:
+    """``2 * pairs`` round trips: MMIO_READs of SMMU_CR0 (scripts/bench.py's request), or
+    (``writes``) an MMIO_WRITE of a register that changes every time and a read of it."""
     send, recv = sock.send, sock.recv
     waitall = socket.MSG_WAITALL
-    read = m.request(Request.MMIO_READ, m.MMIO_READ.pack(0, 4, 0x70))
     pack_write = m.MMIO_WRITE.codec.pack
-    head = m.HEADER.pack(Request.MMIO_WRITE, m.VERSION, m.MMIO_WRITE.size)
-    count = 0
-    t0 = time.perf_counter()
-    deadline = t0 + seconds
-    while True:
-        for i in range(500):
-            send(head + pack_write(0, 4, 0x70, (count + i) & 0xFFFF))  # GERROR_IRQ_CFG1
+    for i in range(pairs):
+        if writes:
+            send(_WRITE_HEAD + pack_write(0, 4, 0x70, (value + i) & 0xFFFF))  # GERROR_IRQ_CFG1
             if len(recv(20, waitall)) != 20:
                 raise ConnectionError("short reply")
-            send(read)
+        else:
+            send(_CR0_READ)
             if len(recv(28, waitall)) != 28:
                 raise ConnectionError("short reply")
-        count += 1000
-        t1 = time.perf_counter()
-        if t1 >= deadline:
-            return count / (t1 - t0)
+        send(_CFG1_READ if writes else _CR0_READ)
+        if len(recv(28, waitall)) != 28:
+            raise ConnectionError("short reply")
 
 
-def record_ratio(seconds: float, reps: int) -> tuple[float, float, float]:
-    """(median with/without ratio, round trips/s without, with)."""
+@dataclass
+class _Tally:
+    writes: bool
+    requests: int = 0
+    wall: float = 0.0
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+
+    def add(self, sock: socket.socket, pid: int, seconds: float) -> None:
+        """Round trips for ``seconds``, in bursts of 200."""
+        s0, c0, t0 = _cpu_ns(pid), time.process_time(), time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            _mmio_burst(sock, 100, self.requests, self.writes)
+            self.requests += 200
+        self.wall += time.perf_counter() - t0
+        self.client_cpu += time.process_time() - c0
+        self.server_cpu += (_cpu_ns(pid) - s0) / 1e9
+
+    @property
+    def rate(self) -> float:
+        return self.requests / self.wall
+
+    @property
+    def cpu_per_request(self) -> float:
+        return (self.server_cpu + self.client_cpu) / self.requests
+
+
+def record_ratio(seconds: float, reps: int, *, writes: bool = False,
+                 ) -> tuple[float, float, float, float]:
+    """(median with/without throughput ratio, round trips/s without, with, and the ratio of
+    CPU time per round trip — client plus daemon — without/with, which the machine's other
+    load does not move)."""
     cpu = min(os.sched_getaffinity(0))
     old = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {cpu})
-    ratios, plain_rates, rec_rates = [], [], []
+    ratios: list[float] = []
+    cpu_ratios: list[float] = []
+    plain_rates: list[float] = []
+    rec_rates: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         plain, plain_sock = _daemon(tmp, "plain", cpu, None)
         recorded, rec_sock = _daemon(tmp, "rec", cpu, os.path.join(tmp, "t.jsonl.gz"))
         try:
-            _mmio_rate(plain_sock, 0.2)  # warm both up
-            _mmio_rate(rec_sock, 0.2)
-            for rep in range(reps):
-                order = [(plain_sock, plain_rates), (rec_sock, rec_rates)]
-                for sock, rates in order if rep % 2 == 0 else order[::-1]:
-                    rates.append(_mmio_rate(sock, seconds))
-                ratios.append(rec_rates[-1] / plain_rates[-1])
+            _Tally(writes).add(plain_sock, plain.pid, 0.2)  # warm both up
+            _Tally(writes).add(rec_sock, recorded.pid, 0.2)
+            for _ in range(reps):
+                # short slices, alternated: the machine's load drifts less within a slice
+                a, b = _Tally(writes), _Tally(writes)
+                for _ in range(10):
+                    a.add(plain_sock, plain.pid, seconds / 10)
+                    b.add(rec_sock, recorded.pid, seconds / 10)
+                plain_rates.append(a.rate)
+                rec_rates.append(b.rate)
+                ratios.append(b.rate / a.rate)
+                cpu_ratios.append(a.cpu_per_request / b.cpu_per_request)
         finally:
             for proc, sock in ((plain, plain_sock), (recorded, rec_sock)):
                 sock.close()
                 proc.terminate()
                 proc.wait(10)
             os.sched_setaffinity(0, old)
-    return statistics.median(ratios), statistics.median(plain_rates), statistics.median(rec_rates)
+    return (statistics.median(ratios), statistics.median(plain_rates),
+            statistics.median(rec_rates), statistics.median(cpu_ratios))
 
 
 def replay_figures(seconds: float = 2.0, reps: int = 5,
@@ -217,12 +273,16 @@ def replay_figures(seconds: float = 2.0, reps: int = 5,
         rate, events, diverged = replay_rate(path, max(1, reps // 2))
     if diverged:
         raise RuntimeError(f"the benchmark trace diverged in replay ({diverged})")
-    ratio, plain, recorded = record_ratio(seconds, reps)
+    ratio, plain, recorded, cpu_ratio = record_ratio(seconds, reps)
+    w_ratio, _, _, w_cpu_ratio = record_ratio(seconds, reps, writes=True)
     return {
         "replay_events_per_s": round(rate),
         "replay_trace_events": events,
         "replay_trace_bytes_per_event": round(size / events, 1),
         "record_throughput_ratio": round(ratio, 3),
+        "record_cpu_ratio": round(cpu_ratio, 3),
+        "record_throughput_ratio_writes": round(w_ratio, 3),
+        "record_cpu_ratio_writes": round(w_cpu_ratio, 3),
         "record_mmio_roundtrips_per_s": round(recorded),
         "plain_mmio_roundtrips_per_s": round(plain),
     }

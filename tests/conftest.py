@@ -18,6 +18,28 @@ from vmm.daemon import serve_listener
 from vmm.harness import Client, GuestRam
 
 DEFAULT_DEVICES = ["smmuv3", "vtd"]
+_STARTED = time.time()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With VIOMMU_RECORD_DIR set, every daemon of the run recorded its guests (vmm/record.py,
+    in-process and subprocess alike): replay each trace, and fail the run on a divergence."""
+    directory = os.environ.get("VIOMMU_RECORD_DIR")
+    if not directory or not os.path.isdir(directory):
+        return
+    from vmm.replay import Summary, replay_directory
+
+    results = replay_directory(directory, since=_STARTED - 1)
+    bad = [(path, r) for path, r in results if not isinstance(r, Summary) or r.divergences]
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"VIOMMU_RECORD_DIR: replayed {len(results)} traces, "
+                            f"{len(bad)} diverged or unreadable")
+        for path, r in bad:
+            detail = r.divergences[0].render() if isinstance(r, Summary) else str(r)
+            reporter.write_line(f"  {path}: {detail}")
+    if bad:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import pytest
 from protocols import messages as m
 from protocols.messages import Request
 from vmm.fuzz.minimize import ddmin
-from vmm.fuzz.observe import ObservedMemory, ReadOnlyMemory
+from vmm.fuzz.observe import ObservedMemory, ScratchMemory
 from vmm.fuzz.oracles import (
     Failure,
     WorkExceeded,
@@ -92,10 +92,15 @@ def test_observed_memory_records_an_exception_as_a_violation() -> None:
     raw.clear()
 
 
-def test_read_only_view_refuses_writes() -> None:
-    raw = anonymous_memory([(0, 0x1000)])
-    view = ReadOnlyMemory(raw)
-    assert not view.write_u64(0, 5) and raw.read_u64(0) == 0
+def test_scratch_memory_keeps_its_writes_to_itself() -> None:
+    raw = anonymous_memory([(0, 0x3000)])
+    raw.write(0xFF8, bytes(range(16)))
+    view = ScratchMemory(raw)
+    assert view.write_u64(0xFFC, 0x1122334455667788)  # across a page boundary
+    assert view.read(0xFF8, 16) == bytes(range(4)) + bytes.fromhex("8877665544332211") \
+        + bytes(range(12, 16))
+    assert raw.read(0xFF8, 16) == bytes(range(16))  # the guest sees nothing of it
+    assert not view.write(0x2FFC, bytes(8)) and view.read_u32(0x5000) is None
     raw.clear()
 
 

@@ -10,6 +10,7 @@ import pytest
 
 from devices.smmuv3 import regs as smmu_regs
 from devices.smmuv3.device import SMMUv3
+from vmm.cli import main as vmm_main
 from vmm.fuzz import reproducer
 from vmm.fuzz.cli import configure, main
 from vmm.fuzz.engine import Engine
@@ -18,7 +19,7 @@ from vmm.fuzz.oracles import Failure
 from vmm.fuzz.program import Step
 from vmm.fuzz.targets import MODEL_TARGETS, make_target, unavailable
 from vmm.fuzz.world import World
-from vmm.iotlb import Iotlb
+from vmm.iotlb import Entry, Iotlb, Tag
 
 AVAILABLE = [name for name in MODEL_TARGETS if unavailable(name) is None]
 
@@ -89,18 +90,31 @@ def test_a_planted_bug_is_found_minimized_and_replayed(monkeypatch: pytest.Monke
     assert found.path is not None and found.path.exists()
     rep, failure = reproducer.run(found.path)
     assert failure is not None and failure.kind == found.kind and rep.kind == found.kind
+    # ... and so does its trace, under ``vmm replay``: the run up to the bad write, then the
+    # write itself, which raises again.
     trace = found.path.with_name(found.path.stem + ".trace.jsonl")
-    assert trace.exists() and json.loads(trace.read_text().splitlines()[0])["format"]
+    assert json.loads(trace.read_text().splitlines()[0])["format"] == "viommu-trace"
+    with pytest.raises(ZeroDivisionError, match="planted"):
+        vmm_main(["replay", "--quiet", str(trace)])
     monkeypatch.undo()
     assert reproducer.run(found.path)[1] is None  # fixed: the reproducer runs clean
 
 
 def test_iotlb_oracle_catches_a_stale_translation(monkeypatch: pytest.MonkeyPatch) -> None:
     """Stage 1 of StreamID 1 maps 0x1000_0000; the guest then clears the leaf and
-    invalidates everything.  With a host IOTLB whose invalidations do nothing, the cached
-    translation survives: the cold walk disagrees and the oracle says so."""
+    invalidates everything.  With a planted host IOTLB that never forgets and answers a
+    lookup from any entry covering the address (whatever its tag), the old translation
+    survives: the cold walk disagrees and the oracle says so."""
     target = make_target("smmuv3")
     iova = 0x1000_0000
+    lookup = Iotlb.lookup
+
+    def sloppy_lookup(self: Iotlb, tag: Tag, address: int) -> Entry | None:
+        hit = lookup(self, tag, address)
+        if hit is None:
+            hit = next((e for e in self.entries() if e.iova <= address < e.iova + e.size),
+                       None)
+        return hit
 
     def run(stale: bool) -> Failure | None:
         with monkeypatch.context() as patch:
@@ -108,6 +122,7 @@ def test_iotlb_oracle_catches_a_stale_translation(monkeypatch: pytest.MonkeyPatc
                 for name in ("invalidate_all", "invalidate_asid", "invalidate_pasid",
                              "invalidate_range", "invalidate_vmid", "invalidate_ipa"):
                     patch.setattr(Iotlb, name, lambda self, *a, **k: 0)
+                patch.setattr(Iotlb, "lookup", sloppy_lookup)
             world = World(target)
             try:
                 for step in target.seeds()[0]:
@@ -127,3 +142,37 @@ def test_iotlb_oracle_catches_a_stale_translation(monkeypatch: pytest.MonkeyPatc
     assert run(stale=False) is None
     failure = run(stale=True)
     assert failure is not None and failure.kind == "iotlb", failure
+
+
+def test_a_runaway_step_is_stopped_by_its_work_bound(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A planted loop that re-reads guest memory without end ends as a 'work' failure."""
+    original = SMMUv3.mmio_write
+
+    def mmio_write(self: SMMUv3, offset: int, size: int, value: int) -> None:
+        if offset == smmu_regs.CR2.offset:
+            while True:
+                self.env.memory.read_u64(0)
+        original(self, offset, size, value)
+
+    monkeypatch.setattr(SMMUv3, "mmio_write", mmio_write)
+    failure, _ = replay_steps(make_target("smmuv3"), [Step("w", (smmu_regs.CR2.offset, 4, 1))])
+    assert failure is not None and failure.kind == "work"
+
+
+def test_a_hung_step_is_stopped_by_the_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from vmm.fuzz import world
+
+    monkeypatch.setattr(world, "WATCHDOG_SECONDS", 0.2)
+    original = SMMUv3.mmio_write
+
+    def mmio_write(self: SMMUv3, offset: int, size: int, value: int) -> None:
+        if offset == smmu_regs.CR2.offset:
+            while True:
+                time.sleep(0.01)
+        original(self, offset, size, value)
+
+    monkeypatch.setattr(SMMUv3, "mmio_write", mmio_write)
+    failure, _ = replay_steps(make_target("smmuv3"), [Step("w", (smmu_regs.CR2.offset, 4, 1))])
+    assert failure is not None and failure.kind == "hang"

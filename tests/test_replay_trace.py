@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -17,7 +18,7 @@ from protocols import messages as m
 from protocols import pviommu as pv
 from protocols import trace as t
 from protocols.messages import Request
-from tests.test_trace_record import CONFIG, drive
+from tests.trace_helpers import CONFIG, drive
 from vmm.cli import bind_listener, main
 from vmm.config import MODELS, DaemonConfig, build_devices
 from vmm.daemon import serve_listener
@@ -89,10 +90,10 @@ async def test_a_pv_iommu_session_replays_bit_exact(tmp_path: Path,
         await client.set_features(await client.get_features())
         await client.set_mem_table([ram])
 
-        async def op(cmd: pv.Cmd, layout: object, **fields: int) -> dict[str, int]:
+        async def op(cmd: pv.Cmd, layout: Any, **fields: int) -> dict[str, int]:
             reply = await client.call(Request.PV_IOMMU_OP, m.PV_IOMMU_HEAD.pack(cmd, 0)
-                                      + pv.pack(layout, **fields))  # type: ignore[arg-type]
-            return {"status": reply.status, **pv.unpack(layout, reply.data)}  # type: ignore[arg-type]
+                                      + pv.pack(layout, **fields))
+            return {"status": reply.status, **pv.unpack(layout, reply.data)}
 
         await op(pv.Cmd.query_capabilities, pv.Capabilities)
         await op(pv.Cmd.init, pv.Init, max_ctx_no=2)

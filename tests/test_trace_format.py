@@ -22,7 +22,7 @@ CONFIG = {"devices": [{"model": "smmuv3", "id": 0, "name": "smmu0", "segment": 0
 def round_trip(message: bytes, reply: bytes, fds: tuple[str, ...] = (),
                late: bool = False) -> t.Event:
     line = t.format_entries([(t.REQ, message, fds, late, reply, None)])
-    ev = json.loads(line)
+    ev: t.Event = json.loads(line)
     assert ev == t.request_event(message, fds, late, reply, None)  # fast lines say the same
     header, payload = t.request_bytes(ev)
     assert header + payload == message
@@ -264,3 +264,20 @@ def test_describe_shows_the_request_alone() -> None:
                     m.reply(Request.MMIO_READ, 0, m.MMIO_VALUE.pack(1)))
     assert t.describe(ev) == "mmio_read dev=0 off=0x24 size=4"
     assert t.describe_reply(ev, m.reply(Request.MMIO_READ, -E.EINVAL)) == {"status": -E.EINVAL}
+
+
+def test_a_trace_cut_short_reads_up_to_the_cut(tmp_path: Path) -> None:
+    lines = [{"k": "get_features"}, {"k": "get_config"}, {"k": "eof"}]
+    path = tmp_path / "t.jsonl"
+    write_trace(path, lines)
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-5])  # the last line, half written
+    with t.TraceReader(str(path)) as reader:
+        assert [ev["k"] for _, ev in reader.events()] == ["get_features", "get_config"]
+        assert reader.truncated
+    write_trace(path, [{"k": "mmio_read", "dev": 0, "size": 4, "off": hex(4 * i)}
+                       for i in range(2000)])
+    packed = tmp_path / "t.jsonl.gz"
+    packed.write_bytes(gzip.compress(path.read_bytes())[:-40])  # the process was killed
+    with t.TraceReader(str(packed)) as reader:
+        assert 100 < len(list(reader.events())) < 2000 and reader.truncated

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import errno as E
 import json
 import os
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,35 +14,10 @@ from protocols import messages as m
 from protocols import trace as t
 from protocols.messages import Request
 from protocols.session import Connection
-from vmm.config import DaemonConfig, build_devices
+from tests.trace_helpers import CONFIG, RAM, drive
 from vmm.guest import GuestSession
 from vmm.memory import make_memfd
 from vmm.record import Recorder, check_pattern, fd_kind, trace_path
-
-RAM = 0x4000_0000
-CONFIG = DaemonConfig(build_devices(["smmuv3", "vtd"]))
-
-
-def gerror_script() -> Iterator[tuple[bytes, list[int]]]:
-    """A guest that makes the SMMU raise a global error: an illegal command (opcode 0) in a
-    command queue in RAM, with the GERROR interrupt enabled on its wired line."""
-    fd = make_memfd(1 << 20)
-    yield m.request(Request.SET_MEM_TABLE,
-                    m.MEM_TABLE_HEAD.pack(1, 0) + m.REGION.pack(RAM, 1 << 20, 0)), [fd]
-    os.close(fd)
-    for off, value, size in ((0x50, 1, 4), (0x90, RAM | 4, 8), (0x20, 1 << 3, 4),
-                             (0x98, 1, 4)):
-        yield m.request(Request.MMIO_WRITE, m.MMIO_WRITE.pack(0, size, off, value)), []
-    yield m.request(Request.MMIO_READ, m.MMIO_READ.pack(0, 4, 0x60)), []
-    yield m.request(Request.DMA, m.DMA.pack(5, m.NO_PASID, RAM + 0x100, 4, 1, 0) + b"\xaa" * 4), []
-    yield m.request(Request.DMA, m.DMA.pack(5, m.NO_PASID, RAM + 0x100, 4, 0, 0)), []
-
-
-def drive(conn: Connection) -> list[bytes]:
-    replies = []
-    for message, fds in gerror_script():
-        replies.append(conn.receive(message, [os.dup(fd) for fd in fds]))
-    return replies
 
 
 def read_events(path: Path) -> list[t.Event]:
@@ -165,3 +140,21 @@ def test_header_lines_are_compact_json(tmp_path: Path) -> None:
     header = json.loads(path.read_text().splitlines()[0])
     assert header["format"] == "viommu-trace" and header["connection"] == 4
     assert set(header["state"]) == {"0", "1"}
+
+
+def test_an_oversized_message_is_recorded_and_replays(tmp_path: Path) -> None:
+    from vmm.replay import replay_file
+
+    path = tmp_path / "big.jsonl"
+    rec = Recorder(str(path), CONFIG)
+    conn = rec.connection(GuestSession(CONFIG, recorder=rec))
+    conn.receive(m.request(Request.GET_FEATURES))
+    reply = conn.receive(m.HEADER.pack(Request.DMA, m.VERSION, m.MAX_PAYLOAD + 4096))
+    assert m.STATUS.unpack(reply, m.HEADER_SIZE)[0] == -E.E2BIG and conn.closed
+    conn.eof()
+    rec.close()
+    events = read_events(path)
+    assert events[1] == {"k": "msg", "code": Request.DMA, "flags": 1,
+                         "size": m.MAX_PAYLOAD + 1, "payload": "", "status": -E.E2BIG}
+    summary, _ = replay_file(str(path))
+    assert summary.divergences == [] and summary.requests == 2

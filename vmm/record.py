@@ -3,9 +3,9 @@
 A ``Recorder`` watches a ``GuestSession`` from three places, which together see every input
 the models receive and every output they make:
 
-* ``RecordingConnection`` — the session's ``protocols.session.Connection`` that keeps each
-  message it handles (bytes as received, what the fds were) with its reply, and how the
-  request changed the models' registers;
+* ``RecordingConnection`` — the session's ``protocols.session.Connection``, hooked at its
+  dispatch step: each message it handles (its bytes, what its fds were) with its reply, and
+  how the request changed the models' registers;
 * ``RecordingMemory`` — wraps the session's ``GuestMemory``: every read a model or the host
   IOMMU makes (and the bytes it got), every write, every memory-table change.  It has no
   ``regions``, so the C walker (``devices.pagetable.fast``) takes its Python path and every
@@ -13,8 +13,10 @@ the models receive and every output they make:
 * the session's observer hooks (``GuestSession.recorder``): interrupts, ATC invalidations and
   page responses, whatever route they then take.
 
-Cost: the hot path appends a tuple to a list; lines are formatted and written in batches
-(every ``batch`` entries, when the daemon is idle and a second has passed, and at close).
+Cost: the hot path appends a tuple to a list (and compares the registers of the model a
+request reached); lines are formatted and written in batches (every ``batch`` entries, when
+the daemon is idle and a second has passed, and at close).  scripts/bench_replay.py measures
+it: ``record_throughput_ratio``.
 A write error stops the recording (logged once); the guest is served on.
 
 File names: ``--record PATTERN`` makes one file per connection; ``{conn}`` or ``%d`` in the
@@ -30,14 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import itertools
 import logging
 import os
 import stat
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from itertools import compress
+from itertools import compress, count
 from operator import ne
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -93,7 +94,7 @@ RECORD_DIR_ENV = "VIOMMU_RECORD_DIR"
 ``--record``: ``$VIOMMU_RECORD_DIR/vmm-{pid}-{seq}.jsonl.gz`` (how the test suite runs with
 recording on)."""
 
-_SEQ = itertools.count(1)
+_SEQ = count(1)
 
 
 def env_pattern() -> str | None:
@@ -232,6 +233,18 @@ class _Tracked:
         self.seen = list(self.view)  # in the dict's order, which never changes
         self.names = list(values)
 
+    def changes(self, now: list[int]) -> dict[str, int]:
+        """The registers whose values ``now`` differ from the last seen, which they become."""
+        if len(now) == len(self.names):  # the names in order: compared in C
+            changed = dict(compress(zip(self.names, now, strict=True),
+                                    map(ne, now, self.seen)))
+        else:  # a register appeared: compare by name
+            old = dict(zip(self.names, self.seen, strict=True))
+            self.names = list(self.values)
+            changed = {n: v for n, v in self.values.items() if old.get(n) != v}
+        self.seen = now
+        return changed
+
 
 class RecordingConnection(Connection):
     """A ``Connection`` that hands every message it dispatches, whole, to its recorder.
@@ -249,20 +262,31 @@ class RecordingConnection(Connection):
         recorder = self.recorder
         entries = recorder.entries
         mark = len(entries)
-        entries.append(None)
-        message = _PACK_HEADER(self._code, self._flags, self._size) + payload
+        entries.append(None)  # what the request causes comes after its line
+        code = self._code
+        message = _PACK_HEADER(code, self._flags, self._size) + payload
         fds = self._fds
         kinds = tuple(fd_kind(fd) for fd in fds) if fds else ()
         late = self._late_fds
         # An MMIO request reaches one model: only its registers can have changed.
-        device = payload[:4] if self._code in _MMIO_CODES else None
-        reply = super()._dispatch(payload)
-        recorder.request(mark, message, kinds, late, reply, device)
+        tracked = recorder._by_device.get(payload[:4], recorder._tracked) \
+            if code in _MMIO_CODES else recorder._tracked
+        reply = Connection._dispatch(self, payload)
+        delta = None
+        for entry in tracked:
+            now = [*entry.view]
+            if now != entry.seen:
+                if delta is None:
+                    delta = {}
+                delta[entry.device] = entry.changes(now)
+        entries[mark] = (t.REQ, message, kinds, late, reply, delta)
+        if len(entries) >= recorder.batch:
+            recorder.flush()
         return reply
 
     def receive(self, data: bytes, fds: Sequence[int] = ()) -> bytes:
-        reply = super().receive(data, fds)
-        if self.phase is Phase.CLOSED and reply and not self.recorder.cut:
+        reply = Connection.receive(self, data, fds)
+        if self.phase is _CLOSED and reply and not self.recorder.cut:
             # closed by the peer's oversized message: the reply is its -E2BIG
             code, _, _, status, _ = m.REPLY_HEAD.unpack_from(reply, len(reply) - 20)
             self.recorder.cut = True
@@ -278,6 +302,7 @@ class RecordingConnection(Connection):
 
 
 _PACK_HEADER = m.HEADER.codec.pack
+_CLOSED = Phase.CLOSED
 
 
 class Recorder:
@@ -285,7 +310,8 @@ class Recorder:
 
     Use: ``rec = Recorder(path, config)``; ``session = GuestSession(config, recorder=rec)``;
     ``conn = rec.connection(session)``; drive ``conn``; ``rec.idle()`` when waiting;
-    ``rec.close()`` at the end.  Raises ``OSError`` when the file cannot be created."""
+    ``rec.close()`` at the end.  Raises ``OSError`` when the file cannot be created, and
+    ``protocols.trace.TraceError`` for a ``.zst`` name without the zstandard module."""
 
     def __init__(self, path: str, config: DaemonConfig, *, source: str = "vmm daemon",
                  connection: int | None = None, batch: int = 4096,
@@ -346,33 +372,6 @@ class Recorder:
         self.entries.append((t.PRESP, segment, requester, pasid, group, code))
 
     # -- requests --------------------------------------------------------------------------------
-
-    def request(self, mark: int, message: bytes, fds: tuple[str, ...], late: bool,
-                reply: bytes, device: bytes | None = None) -> None:
-        """Fill placeholder ``mark`` with a handled request (the kinds of its fds, whether
-        some came after its header) and how it changed the registers: those of the model
-        ``device`` (its id as the wire has it), or of every model."""
-        delta: dict[str, dict[str, int]] | None = None
-        tracked = self._tracked if device is None else self._by_device.get(device,
-                                                                           self._tracked)
-        for entry in tracked:
-            now = [*entry.view]
-            if now != entry.seen:
-                if len(now) == len(entry.names):  # the names in order: compared in C
-                    changed = dict(compress(zip(entry.names, now, strict=True),
-                                            map(ne, now, entry.seen)))
-                else:  # a register appeared: compare by name
-                    old = dict(zip(entry.names, entry.seen, strict=True))
-                    entry.names = list(entry.values)
-                    changed = {n: v for n, v in entry.values.items() if old.get(n) != v}
-                entry.seen = now
-                if delta is None:
-                    delta = {}
-                delta[entry.device] = changed
-        entries = self.entries
-        entries[mark] = (t.REQ, message, fds, late, reply, delta)
-        if len(entries) >= self.batch:
-            self.flush()
 
     # -- output ----------------------------------------------------------------------------------
 

@@ -47,6 +47,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="built-in behaviour-guided loop, or atheris/libFuzzer coverage")
     parser.add_argument("--minimize-seconds", type=float, default=60.0, metavar="S",
                         help="time allowed to minimize each failure")
+    parser.add_argument("--known", type=Path, metavar="DIR",
+                        help="reproducers of open bugs (e.g. tests/regressions): failures of "
+                             "their kinds are counted, not reported again")
     parser.add_argument("--reproduce", type=Path, metavar="FILE",
                         help="run a reproducer (a .json the fuzzer wrote) and report")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -114,12 +117,13 @@ def _job(spec: dict[str, Any]) -> dict[str, Any]:
     target = make_target(spec["target"], spec["device"])
     engine = Engine(target, seed=spec["seed"], corpus_dir=spec["corpus"],
                     crashes_dir=spec["crashes"], minimize_seconds=spec["minimize"],
-                    log=None if spec["quiet"] else sys.stderr)
+                    log=None if spec["quiet"] else sys.stderr, known=spec["known"])
     stats = engine.fuzz(runs=spec["runs"], seconds=spec["time"])
     return {"execs": stats.execs, "programs": stats.programs, "seconds": stats.seconds,
             "cpu": stats.cpu_seconds, "features": stats.features, "corpus": stats.corpus,
             "failures": [(f.kind, f.detail.splitlines()[0], str(f.path) if f.path else None,
                           len(f.steps)) for f in stats.failures],
+            "known": stats.known,
             "line": stats.line()}
 
 
@@ -130,7 +134,7 @@ def builtin_main(args: argparse.Namespace) -> int:
         "corpus": args.corpus, "crashes": args.crashes, "minimize": args.minimize_seconds,
         "quiet": args.quiet or i > 0,
         "runs": None if args.runs is None else args.runs // jobs + (i < args.runs % jobs),
-        "time": args.time,
+        "time": args.time, "known": known_kinds(args.known, args.target),
     } for i in range(jobs)]
     print(f"vmm fuzz: target {args.target}, built-in engine, {jobs} job(s), "
           + (f"{args.runs} execs" if args.runs is not None else f"{args.time} s"), flush=True)
@@ -140,6 +144,21 @@ def builtin_main(args: argparse.Namespace) -> int:
         with multiprocessing.get_context("fork").Pool(jobs) as pool:
             results = pool.map(_job, specs)
     return report(args.target, results)
+
+
+def known_kinds(directory: Path | None, target: str) -> frozenset[str]:
+    """The failure kinds of ``target`` that the reproducers in ``directory`` record as open."""
+    if directory is None:
+        return frozenset()
+    kinds = set()
+    for path in sorted(directory.glob("*.json")):
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if doc.get("target") == target and (doc.get("expect") or {}).get("fails"):
+            kinds.add(str((doc.get("failure") or {}).get("kind")))
+    return frozenset(kinds)
 
 
 def report(target: str, results: list[dict[str, Any]]) -> int:
@@ -165,8 +184,14 @@ def report(target: str, results: list[dict[str, Any]]) -> int:
     failures = [f for r in results for f in r["failures"]]
     for kind, first, path, nsteps in failures:
         print(f"FAILURE {kind}: {first}\n  reproducer ({nsteps} steps): {path}")
+    known: dict[str, int] = {}
+    for r in results:
+        for kind, count in (r.get("known") or {}).items():
+            known[kind] = known.get(kind, 0) + count
+    for kind, count in known.items():
+        print(f"known (--known): {kind} in {count} programs")
     if not failures:
-        print(f"{target}: clean (no failure)")
+        print(f"{target}: clean (no new failure)" if known else f"{target}: clean (no failure)")
     return 1 if failures else 0
 
 

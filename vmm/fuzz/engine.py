@@ -19,18 +19,16 @@ A failure is minimized (``vmm.fuzz.minimize``) and written as a reproducer
 from __future__ import annotations
 
 import random
-import signal
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import TextIO
 
 from vmm.fuzz import reproducer
 from vmm.fuzz.minimize import minimize
-from vmm.fuzz.oracles import Failure, Hang
+from vmm.fuzz.oracles import Failure
 from vmm.fuzz.program import RandomSource, Source, Step
 from vmm.fuzz.targets.base import ModelTarget
 from vmm.fuzz.world import World
@@ -38,8 +36,6 @@ from vmm.fuzz.world import World
 MAX_STEPS = 128
 MIN_STEPS = 32
 CORPUS_MAX = 4096
-WATCHDOG_SECONDS = 10.0
-"""A program still running after this long has hung (SIGALRM raises ``Hang`` in it)."""
 
 
 @dataclass
@@ -61,6 +57,8 @@ class Stats:
     features: int = 0
     corpus: int = 0
     failures: list[FoundFailure] = field(default_factory=list)
+    known: dict[str, int] = field(default_factory=dict)
+    """Programs that hit an already-recorded failure kind (``--known``), by kind."""
 
     @property
     def rate(self) -> float:
@@ -72,11 +70,8 @@ class Stats:
                 f"{self.rate:,.0f} exec/s ({cpu_rate:,.0f} per CPU-second, "
                 f"{self.programs} programs), "
                 f"coverage {self.features} behaviours, corpus {self.corpus}, "
-                f"failures {len(self.failures)}")
-
-
-def _on_alarm(signum: int, frame: FrameType | None) -> None:
-    raise Hang
+                f"failures {len(self.failures)}"
+                + (f", known {sum(self.known.values())}" if self.known else ""))
 
 
 class Engine:
@@ -84,7 +79,7 @@ class Engine:
 
     def __init__(self, target: ModelTarget, *, seed: int = 0, corpus_dir: Path | None = None,
                  crashes_dir: Path | None = None, minimize_seconds: float = 60.0,
-                 log: TextIO | None = sys.stderr) -> None:
+                 log: TextIO | None = sys.stderr, known: frozenset[str] = frozenset()) -> None:
         self.target = target
         self.rng = random.Random(seed)
         self.src: Source = RandomSource(self.rng)
@@ -97,6 +92,9 @@ class Engine:
         self.log = log
         self.stats = Stats(target.name)
         self._kinds: set[str] = set()
+        self.known = known
+        """Failure kinds already recorded (``--known``): counted, not minimized again."""
+        self._cpu_start = time.process_time()
         if corpus_dir is not None:
             corpus_dir.mkdir(parents=True, exist_ok=True)
             for path in sorted(corpus_dir.glob("*.json")):
@@ -182,33 +180,25 @@ class Engine:
         start = time.monotonic()
         self._cpu_start = time.process_time()
         last_report = start
-        old = signal.signal(signal.SIGALRM, _on_alarm)
-        try:
-            while True:
-                now = time.monotonic()
-                if runs is not None and stats.execs >= runs:
-                    break
-                if seconds is not None and now - start >= seconds:
-                    break
-                if stop is not None and stop():
-                    break
-                steps = self.next_program()
-                if runs is not None:
-                    steps = steps[: max(1, runs - stats.execs)]
-                signal.setitimer(signal.ITIMER_REAL, WATCHDOG_SECONDS)
-                try:
-                    failure = self.run_program(steps)
-                finally:
-                    signal.setitimer(signal.ITIMER_REAL, 0)
-                stats.programs += 1
-                if failure is not None:
-                    self.handle(failure, steps)
-                if self.log is not None and now - last_report >= 5.0:
-                    last_report = now
-                    self.update(now - start)
-                    print(f"  {stats.line()}", file=self.log, flush=True)
-        finally:
-            signal.signal(signal.SIGALRM, old)
+        while True:
+            now = time.monotonic()
+            if runs is not None and stats.execs >= runs:
+                break
+            if seconds is not None and now - start >= seconds:
+                break
+            if stop is not None and stop():
+                break
+            steps = self.next_program()
+            if runs is not None:
+                steps = steps[: max(1, runs - stats.execs)]
+            failure = self.run_program(steps)
+            stats.programs += 1
+            if failure is not None:
+                self.handle(failure, steps)
+            if self.log is not None and now - last_report >= 5.0:
+                last_report = now
+                self.update(now - start)
+                print(f"  {stats.line()}", file=self.log, flush=True)
         self.update(time.monotonic() - start)
         return stats
 
@@ -222,6 +212,9 @@ class Engine:
 
     def handle(self, failure: Failure, steps: list[Step]) -> None:
         """Minimize and save the first failure of each kind; count the rest."""
+        if failure.kind in self.known:
+            self.stats.known[failure.kind] = self.stats.known.get(failure.kind, 0) + 1
+            return
         if failure.kind in self._kinds:
             return
         self._kinds.add(failure.kind)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from vmm.fuzz.oracles import Failure
 from vmm.fuzz.program import Step
@@ -19,6 +19,8 @@ from vmm.fuzz.world import World
 
 if TYPE_CHECKING:
     from vmm.record import Recorder
+
+T = TypeVar("T")
 
 
 def replay_steps(target: ModelTarget, steps: Sequence[Step], *,
@@ -35,8 +37,7 @@ def replay_steps(target: ModelTarget, steps: Sequence[Step], *,
     return None, world
 
 
-def ddmin(items: list[Step], fails: Callable[[list[Step]], bool], *,
-          deadline: float) -> list[Step]:
+def ddmin(items: list[T], fails: Callable[[list[T]], bool], *, deadline: float) -> list[T]:
     """The smallest subsequence ddmin finds for which ``fails`` holds (1-minimal when time
     allows)."""
     n = 2

@@ -156,14 +156,16 @@ class ObservedMemory:
         return done
 
 
-class ReadOnlyMemory:
-    """Guest memory that can be read but not written: the view of an oracle's cold walk,
-    which must not change what the guest sees (no A/D updates, no fault records)."""
+class ScratchMemory:
+    """Guest memory whose writes go to a private copy of the pages they touch: the view of an
+    oracle's cold walk, which may set A/D bits or record a fault like any walk, but must not
+    change what the guest sees."""
 
-    __slots__ = ("raw",)
+    __slots__ = ("raw", "pages")
 
     def __init__(self, raw: GuestMemory) -> None:
         self.raw = raw
+        self.pages: dict[int, bytearray] = {}
 
     @property
     def generation(self) -> int:
@@ -176,19 +178,55 @@ class ReadOnlyMemory:
         return self.raw.contains(gpa, length)
 
     def read(self, gpa: int, length: int) -> bytes | None:
-        return self.raw.read(gpa, length)
-
-    def read_u32(self, gpa: int) -> int | None:
-        return self.raw.read_u32(gpa)
-
-    def read_u64(self, gpa: int) -> int | None:
-        return self.raw.read_u64(gpa)
+        data = self.raw.read(gpa, length)
+        if data is None or not self.pages:
+            return data
+        out = bytearray(data)
+        for page in range(gpa >> 12, (gpa + length - 1 >> 12) + 1 if length > 0 else 0):
+            copy = self.pages.get(page)
+            if copy is None:
+                continue
+            lo, hi = max(gpa, page << 12), min(gpa + length, (page + 1) << 12)
+            out[lo - gpa : hi - gpa] = copy[lo - (page << 12) : hi - (page << 12)]
+        return bytes(out)
 
     def write(self, gpa: int, data: bytes | bytearray | memoryview) -> bool:
-        return False
+        length = len(data)
+        if not self.raw.contains(gpa, length):
+            return False
+        view = memoryview(data)
+        for page in range(gpa >> 12, (gpa + length - 1 >> 12) + 1 if length > 0 else 0):
+            copy = self.pages.get(page)
+            if copy is None:
+                base = self.raw.read(page << 12, 4096)
+                copy = self.pages[page] = bytearray(base if base is not None else bytes(4096))
+            lo, hi = max(gpa, page << 12), min(gpa + length, (page + 1) << 12)
+            copy[lo - (page << 12) : hi - (page << 12)] = view[lo - gpa : hi - gpa]
+        return True
+
+    def read_u32(self, gpa: int) -> int | None:
+        data = self.read(gpa, 4)
+        return None if data is None else int.from_bytes(data, "little")
+
+    def read_u64(self, gpa: int) -> int | None:
+        data = self.read(gpa, 8)
+        return None if data is None else int.from_bytes(data, "little")
 
     def write_u32(self, gpa: int, value: int) -> bool:
-        return False
+        return self.write(gpa, (value & 0xFFFF_FFFF).to_bytes(4, "little"))
 
     def write_u64(self, gpa: int, value: int) -> bool:
-        return False
+        return self.write(gpa, (value & (1 << 64) - 1).to_bytes(8, "little"))
+
+    # The table never changes under a cold walk; these exist for ``SessionMemory``.
+    def set_table(self, entries: list[tuple[RegionSpec, int]]) -> None:
+        raise RuntimeError("scratch guest memory: no table change")
+
+    def add(self, spec: RegionSpec, fd: int) -> None:
+        raise RuntimeError("scratch guest memory: no table change")
+
+    def remove(self, gpa: int, size: int) -> None:
+        raise RuntimeError("scratch guest memory: no table change")
+
+    def clear(self) -> None:
+        raise RuntimeError("scratch guest memory: no table change")

@@ -72,57 +72,58 @@ ALLOWED_STATUS: dict[int, frozenset[int]] = {
 """Statuses a request may answer; PV_IOMMU_OP answers any negative errno its op returns."""
 
 
-def _fail(detail: str) -> Failure:
-    return Failure("reply", detail)
+def _fail(what: str, detail: str) -> Failure:
+    """A malformed reply; ``what`` names the rule, so distinct bugs stay distinct kinds."""
+    return Failure(f"reply:{what}", detail)
 
 
 def split_reply(reply: bytes) -> tuple[int, int, int, bytes]:
     """(code, flags, status, data) of exactly one reply message; ``Failure`` otherwise."""
     if len(reply) < _REPLY_HEAD.size:
-        raise _fail(f"reply of {len(reply)} bytes is shorter than a header and status")
+        raise _fail("short", f"reply of {len(reply)} bytes is shorter than a header and status")
     code, flags, size, status, reserved = _REPLY_HEAD.unpack_from(reply)
     if size + m.HEADER_SIZE != len(reply):
-        raise _fail(f"reply size field {size} but {len(reply) - m.HEADER_SIZE} payload bytes "
+        raise _fail("size", f"reply size field {size} but {len(reply) - m.HEADER_SIZE} payload bytes "
                     "(not exactly one reply)")
     if flags != m.REPLY_FLAGS:
-        raise _fail(f"reply flags {flags:#x}, expected {m.REPLY_FLAGS:#x}")
+        raise _fail("flags", f"reply flags {flags:#x}, expected {m.REPLY_FLAGS:#x}")
     if reserved:
-        raise _fail(f"reply reserved word {reserved:#x}")
+        raise _fail("reserved", f"reply reserved word {reserved:#x}")
     return code, flags, status, reply[_REPLY_HEAD.size :]
 
 
 def check_fault_record(data: bytes, *, translate: bool, iova: int, length: int) -> tuple[int, int, int]:
     """The fault record of a -EFAULT reply; returns (kind, code, stage)."""
     if len(data) != _FAULT.size:
-        raise _fail(f"fault reply with {len(data)} bytes of data, expected {_FAULT.size}")
+        raise _fail("fault-size", f"fault reply with {len(data)} bytes of data, expected {_FAULT.size}")
     kind, code, address, stage, reserved = _FAULT.unpack(data)
     if not 1 <= kind <= KIND_MAX:
-        raise _fail(f"fault kind {kind}")
+        raise _fail("fault-kind", f"fault kind {kind}")
     if stage not in (0, 1, 2) or reserved:
-        raise _fail(f"fault stage {stage} / reserved {reserved:#x}")
+        raise _fail("fault-stage", f"fault stage {stage} / reserved {reserved:#x}")
     if kind in NO_STAGE_KINDS and stage:
-        raise _fail(f"fault kind {kind} with stage {stage} (must be 0)")
+        raise _fail("fault-stage", f"fault kind {kind} with stage {stage} (must be 0)")
     if kind == 8 and (translate or code):
-        raise _fail("kind 8 (no memory) " + ("from TRANSLATE" if translate else f"with code {code}"))
+        raise _fail("fault-kind8", "kind 8 (no memory) " + ("from TRANSLATE" if translate else f"with code {code}"))
     if not iova <= address < iova + length:
-        raise _fail(f"fault address {address:#x} outside the access [{iova:#x}, +{length:#x})")
+        raise _fail("fault-address", f"fault address {address:#x} outside the access [{iova:#x}, +{length:#x})")
     return kind, code, stage
 
 
 def check_translation(data: bytes, iova: int, flags: int) -> tuple[int, int, int]:
     """A successful TRANSLATE's data; returns (address, size, perms)."""
     if len(data) != _TRANSLATED.size:
-        raise _fail(f"TRANSLATE reply with {len(data)} bytes of data")
+        raise _fail("translate-size", f"TRANSLATE reply with {len(data)} bytes of data")
     address, size, perms, reserved = _TRANSLATED.unpack(data)
     if reserved or perms & ~7:
-        raise _fail(f"TRANSLATE perms {perms:#x} / reserved {reserved:#x}")
+        raise _fail("translate-perms", f"TRANSLATE perms {perms:#x} / reserved {reserved:#x}")
     if size < 4096 or size & (size - 1):
-        raise _fail(f"TRANSLATE size {size:#x} is not a power of two >= 4 KiB")
+        raise _fail("translate-block", f"TRANSLATE size {size:#x} is not a power of two >= 4 KiB")
     if (address ^ iova) & (size - 1):
-        raise _fail(f"TRANSLATE {iova:#x} -> {address:#x} not congruent within its {size:#x} block")
+        raise _fail("translate-congruence", f"TRANSLATE {iova:#x} -> {address:#x} not congruent within its {size:#x} block")
     want = (2 if flags & m.DmaFlag.WRITE else 1) | (4 if flags & m.DmaFlag.EXECUTE else 0)
     if want & ~perms:
-        raise _fail(f"TRANSLATE granted perms {perms:#x} for an access needing {want:#x}")
+        raise _fail("translate-perms", f"TRANSLATE granted perms {perms:#x} for an access needing {want:#x}")
     return address, size, perms
 
 
@@ -130,25 +131,25 @@ def check_reply(request: int, reply: bytes) -> tuple[int, bytes]:
     """The header, flags and status rules common to every reply; returns (status, data)."""
     code, _, status, data = split_reply(reply)
     if code != request:
-        raise _fail(f"reply code {code} to request {request}")
+        raise _fail("code", f"reply code {code} to request {request}")
     if status > 0:
-        raise _fail(f"positive status {status}")
+        raise _fail("status", f"positive status {status}")
     if request == Request.PV_IOMMU_OP:
         if status and -status not in E.errorcode:
-            raise _fail(f"PV_IOMMU_OP status {status} is not an errno")
+            raise _fail("pv-status", f"PV_IOMMU_OP status {status} is not an errno")
         return status, data
     allowed = ALLOWED_STATUS.get(request)
     if allowed is not None and status not in allowed:
-        raise _fail(f"request {request} answered status {status}")
+        raise _fail("status", f"request {request} answered status {status}")
     if status not in (0, -E.EFAULT) and data:
-        raise _fail(f"error reply {status} carries {len(data)} bytes of data")
+        raise _fail("error-data", f"error reply {status} carries {len(data)} bytes of data")
     return status, data
 
 
 def check_mmio_read(data: bytes, size: int) -> int:
     if len(data) != 8:
-        raise _fail(f"MMIO_READ reply with {len(data)} bytes of data")
+        raise _fail("mmio-read-size", f"MMIO_READ reply with {len(data)} bytes of data")
     (value,) = _U64.unpack(data)
     if value >> (8 * size):
-        raise _fail(f"MMIO_READ of {size} bytes answered {value:#x}")
+        raise _fail("mmio-read-value", f"MMIO_READ of {size} bytes answered {value:#x}")
     return int(value)

@@ -419,15 +419,14 @@ class Session:
             if oversized and i == len(expected) - 1:
                 got, _, status, _ = split_reply(reply)
                 if got != code or status != -E.E2BIG:
-                    raise Failure("reply", f"oversized request {code} answered {got} with "
+                    raise Failure("reply:e2big", f"oversized request {code} answered {got} with "
                                            f"status {status}, not -E2BIG")
                 continue
             status, data = check_reply(code, reply)
             self.seen.add((code, status))
-            if code == Request.GET_FEATURES and i == len(expected) - 1 and not ends:
-                if status != 0 or len(data) != 8:
-                    raise Failure("reply", f"GET_FEATURES answered {status} with {len(data)} "
-                                           "bytes")
+            last_sentinel = code == Request.GET_FEATURES and i == len(expected) - 1 and not ends
+            if last_sentinel and (status != 0 or len(data) != 8):
+                raise Failure("reply:features", f"GET_FEATURES answered {status} with {len(data)} bytes")
         self.drain_channels()
 
 
@@ -437,7 +436,6 @@ class Session:
 @dataclass
 class ProtocolStats:
     execs: int = 0
-    batches: int = 0
     connections: int = 0
     seconds: float = 0.0
     cpu_seconds: float = 0.0
@@ -461,9 +459,12 @@ def check_fds(daemon: Daemon, connected: bool) -> None:
                                  f"{daemon.idle_fds})")
 
 
-def run_messages(daemon: Daemon, msgs: list[Message]) -> Failure | None:
-    """Send ``msgs`` on one connection in batches, close, check; the failure or None."""
+def run_messages(daemon: Daemon, msgs: list[Message],
+                 seen: set[tuple[int, int]] | None = None) -> Failure | None:
+    """Send ``msgs`` on one connection in batches, close, check; the failure or None.
+    ``seen`` collects the (request, status) pairs answered."""
     session = Session(daemon)
+    failure: Failure | None = None
     try:
         for i in range(0, len(msgs), BATCH):
             part = msgs[i : i + BATCH]
@@ -471,28 +472,32 @@ def run_messages(daemon: Daemon, msgs: list[Message]) -> Failure | None:
             check_fds(daemon, True)
             if any(msg.ends for msg in part):
                 break
-    except Failure as failure:
-        return failure
+    except Failure as exc:
+        failure = exc
     except OSError as exc:
-        return Failure("closed", f"socket error: {exc}")
+        failure = Failure("closed", f"socket error: {exc}")
     finally:
         session.close()
-    try:
-        check_fds(daemon, False)
-    except Failure as failure:
-        return failure
-    return None
+        if seen is not None:
+            seen |= session.seen
+    if failure is None:
+        try:
+            check_fds(daemon, False)
+        except Failure as exc:
+            failure = exc
+    return failure
 
 
 def fuzz_protocol(*, runs: int | None, seconds: float | None, seed: int, crashes: Path | None,
                   minimize_seconds: float, log: Callable[[str], None] | None) -> ProtocolStats:
-    rng = random.Random(seed)
-    src = RandomSource(rng)
+    src = RandomSource(random.Random(seed))
     devices = daemon_devices()
     stats = ProtocolStats()
+    seen: set[tuple[int, int]] = set()
     kinds: set[str] = set()
     start = time.monotonic()
     last = start
+    client_cpu = time.process_time()
     daemon = Daemon(devices)
     cpu_start = _cpu(daemon)
     try:
@@ -502,40 +507,22 @@ def fuzz_protocol(*, runs: int | None, seconds: float | None, seed: int, crashes
                 break
             if seconds is not None and now - start >= seconds:
                 break
-            session = Session(daemon)
+            # One connection's messages; a message that ends the stream ends them.
+            budget = BATCH * BATCHES_PER_CONNECTION
+            if runs is not None:
+                budget = min(budget, runs - stats.execs)
+            msgs: list[Message] = []
+            while len(msgs) < budget and not (msgs and msgs[-1].ends):
+                msgs.append(generate(src))
+            stats.execs += len(msgs)
             stats.connections += 1
-            failure: Failure | None = None
-            try:
-                for _ in range(BATCHES_PER_CONNECTION):
-                    want = BATCH if runs is None else min(BATCH, runs - stats.execs)
-                    if want <= 0:
-                        break
-                    msgs = [generate(src) for _ in range(want)]
-                    stats.execs += len(msgs)
-                    stats.batches += 1
-                    session.batch(msgs)
-                    check_fds(daemon, True)
-                    if any(msg.ends for msg in msgs):
-                        break
-            except Failure as exc:
-                failure = exc
-            except OSError as exc:
-                failure = Failure("closed", f"socket error: {exc}")
-            finally:
-                session.close()
-                stats.behaviours |= {hash(pair) for pair in session.seen}
-            if failure is None:
-                try:
-                    check_fds(daemon, False)
-                except Failure as exc:
-                    failure = exc
+            failure = run_messages(daemon, msgs, seen)
             if failure is not None:
                 if failure.kind not in kinds:
                     kinds.add(failure.kind)
-                    path = handle_failure(failure, session.log, crashes, minimize_seconds,
-                                          devices, log)
+                    path = handle_failure(failure, msgs, crashes, minimize_seconds, devices, log)
                     stats.failures.append((failure.kind, failure.detail.splitlines()[0],
-                                           str(path) if path else None, len(session.log)))
+                                           str(path) if path else None, len(msgs)))
                 if not daemon.alive() or failure.kind in ("hang", "fd-leak"):
                     stats.cpu_seconds += _cpu(daemon) - cpu_start
                     daemon.stop()
@@ -545,12 +532,14 @@ def fuzz_protocol(*, runs: int | None, seconds: float | None, seed: int, crashes
                 last = now
                 rate = stats.execs / max(now - start, 1e-9)
                 log(f"  protocol: {stats.execs} execs, {rate:,.0f} exec/s, "
-                    f"{stats.connections} connections, failures {len(stats.failures)}")
+                    f"{stats.connections} connections, {len(seen)} (request, status) pairs, "
+                    f"failures {len(stats.failures)}")
         stats.cpu_seconds += _cpu(daemon) - cpu_start
     finally:
         daemon.stop()
+    stats.behaviours = {hash(pair) for pair in seen}
     stats.seconds = time.monotonic() - start
-    stats.cpu_seconds += time.process_time()
+    stats.cpu_seconds += time.process_time() - client_cpu
     return stats
 
 
@@ -569,8 +558,7 @@ def handle_failure(failure: Failure, msgs: list[Message], crashes: Path | None,
                    log: Callable[[str], None] | None) -> Path | None:
     if log is not None:
         log(f"  FAILURE {failure.kind}: {failure.detail.splitlines()[0]}")
-    candidates = [msg for msg in msgs if _HDR.unpack_from(msg.data)[0] != Request.GET_FEATURES
-                  or msg.fds]
+    candidates = list(msgs)
     deadline = time.monotonic() + minimize_seconds
 
     def fails(subset: list[Message]) -> bool:

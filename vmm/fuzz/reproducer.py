@@ -11,8 +11,11 @@ A reproducer is one JSON object::
 ``vmm fuzz --reproduce FILE`` runs the steps on a fresh session with every oracle and says
 whether the failure is still there; ``tests/regressions`` runs each checked-in reproducer the
 same way.  Next to a failure's JSON the fuzzer also writes the run as a trace
-(``NAME.trace.jsonl``, ``protocols/trace.py``), recorded through ``vmm.record.Recorder``, for
-``vmm replay``.
+(``NAME.trace.jsonl``, ``protocols/trace.py``), recorded through ``vmm.record.Recorder``, that
+``vmm replay`` re-runs: bit-exact up to the failing step, and — for an exception — ending with
+the request that raised, so the replay meets it too.  Oracle failures (a malformed reply, a
+register invariant) replay without divergence: the trace shows the behaviour, the JSON's
+``failure`` says what is wrong with it.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import json
 import logging
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,10 +95,34 @@ def record_trace(target: ModelTarget, steps: list[Step], path: Path) -> Path | N
         log.warning("cannot record %s: %s", path, exc)
         return None
     try:
-        replay_steps(target, steps, recorder=recorder)
+        failure, world = replay_steps(target, steps, recorder=recorder)
     finally:
         recorder.close()
+    if failure is not None and failure.kind.startswith("exception:") and world.last_message:
+        _append_crashing_request(path, world.last_message)
     return path
+
+
+def _append_crashing_request(path: Path, message: bytes) -> None:
+    """The recorder leaves out a request that raised (it never got a reply).  Put it back as
+    a raw ``msg`` event with no reply, before the ``end`` line, so that ``vmm replay`` sends
+    it too and meets the same exception."""
+    from protocols import trace as t
+
+    lines = path.read_text().splitlines()
+    if not lines:
+        return
+    end = json.loads(lines[-1])
+    code, flags, size = struct.unpack_from("<III", message)
+    event = {"k": "msg", "code": code, "flags": flags, "size": size,
+             "payload": message[12:].hex(), "reply": ""}
+    if end.get("k") == "end":
+        end["events"] = int(end["events"]) + 1
+        lines = [*lines[:-1], t.encode_line(event).rstrip("\n"),
+                 t.encode_line(end).rstrip("\n")]
+    else:
+        lines.append(t.encode_line(event).rstrip("\n"))
+    path.write_text("\n".join(lines) + "\n")
 
 
 def load(path: Path | str) -> Reproducer:

@@ -13,16 +13,19 @@ would send — and runs the oracles after every step:
 5. the target's register invariants (``Target.check``);
 6. after a full invalidation: cached translations agree with a cold walk (``cold_translate``).
 
-It also collects the coverage features of the built-in engine and, when asked, the concrete
-trace of what reached the model (messages and guest-memory writes) for reproducers.
+It also collects the coverage features of the built-in engine; with a ``vmm.record``
+recorder attached, the run is written as a trace (reproducers).
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
+from types import FrameType
 from typing import TYPE_CHECKING, Any, cast
 
 from devices.model import DmaFault, DmaRequest, DmaTarget, IommuModel
@@ -30,7 +33,8 @@ from protocols import messages as m
 from protocols.messages import Request
 from protocols.session import Connection
 from vmm.config import DaemonConfig
-from vmm.fuzz.observe import ObservedMemory, ReadOnlyMemory
+from vmm.fuzz import speedups
+from vmm.fuzz.observe import ObservedMemory, ScratchMemory
 from vmm.fuzz.oracles import (
     Failure,
     Hang,
@@ -40,7 +44,6 @@ from vmm.fuzz.oracles import (
     check_reply,
     check_translation,
 )
-from vmm.fuzz import speedups
 from vmm.fuzz.program import Step
 from vmm.guest import GuestSession
 from vmm.memory import GuestMemory, make_memfd
@@ -67,7 +70,24 @@ _U32 = 0xFFFF_FFFF
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
 _FUZZ_DIR = os.path.dirname(os.path.abspath(__file__))
 
+WATCHDOG_SECONDS = 10.0
+"""A step still running after this long has hung: SIGALRM raises ``Hang`` inside it."""
+
 speedups.install()
+
+
+def _on_alarm(signum: int, frame: FrameType | None) -> None:
+    raise Hang
+
+
+def _arm_watchdog() -> bool:
+    """Arm the per-step watchdog (main thread only: that is where signals are delivered)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    if signal.getsignal(signal.SIGALRM) is not _on_alarm:
+        signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, WATCHDOG_SECONDS)
+    return True
 
 
 class FuzzSession(GuestSession):
@@ -128,6 +148,8 @@ class World:
         self.state: dict[str, Any] = {}
         """Target-owned per-program state (page-table builders and the like)."""
         self.step_index = 0
+        self.last_message = b""
+        """The last message sent (a reproducer's trace ends with it when it crashed)."""
         self.wrote: dict[str, int] = {}
         """Registers the current step wrote, with the value (the register oracles use it)."""
         self._prev_values: dict[str, int] = dict(self.regs.values) if self.regs else {}
@@ -172,11 +194,21 @@ class World:
         if observed.violation is not None:
             raise Failure("memory", f"{step}: {observed.violation}")
         target.check(self, step)
-        if self.features is not None and self.regs is not None:
-            self._state_features()
+        irqs = self.session.irq_log
+        if self.features is not None:
+            for _, vector, msi_address, _ in irqs:
+                self.features.add(hash(("irq", vector, msi_address != 0)))
+            if self.regs is not None:
+                self._state_features()
+        irqs.clear()
 
     def _limit_work(self, handler: Callable[[World, Step], None], step: Step) -> None:
-        handler(self, step)
+        armed = _arm_watchdog()
+        try:
+            handler(self, step)
+        finally:
+            if armed:
+                signal.setitimer(signal.ITIMER_REAL, 0)
         observed = self.observed
         if observed.accesses > observed.limit:
             raise WorkExceeded
@@ -204,6 +236,7 @@ class World:
     def send(self, code: int, payload: bytes) -> tuple[int, bytes]:
         """One request through the sans-IO connection; the reply checked; (status, data)."""
         message = _HEADER.pack(code, _VERSION, len(payload)) + payload
+        self.last_message = message
         reply = self.conn.receive(message)
         status, data = check_reply(code, reply)
         if self.features is not None:
@@ -211,12 +244,14 @@ class World:
         return status, data
 
     def mmio_write(self, offset: int, size: int, value: int) -> int:
-        if self.regs is not None:
+        status, _ = self.send(Request.MMIO_WRITE, _MMIO_W.pack(
+            0, size & _U32, offset & _U64, value & _U64))
+        if status == 0 and self.regs is not None:
+            # Only a write the model received: the connection refuses a value wider than
+            # the access, or a bad size or offset, before any model sees it.
             reg = self.regs.lookup(offset, size)
             if reg is not None:
                 self.wrote[reg.name] = value
-        status, _ = self.send(Request.MMIO_WRITE, _MMIO_W.pack(
-            0, size & _U32, offset & _U64, value & _U64))
         return status
 
     def mmio_read(self, offset: int, size: int) -> int | None:
@@ -252,7 +287,7 @@ class World:
         status, data = self.send(Request.DMA, payload)
         if status == 0:
             if len(data) != (0 if writes else length):
-                raise Failure("reply", f"DMA of {length} bytes answered {len(data)} bytes")
+                raise Failure("reply:dma-length", f"DMA of {length} bytes answered {len(data)} bytes")
             self.recent.append((requester, None if pasid == m.NO_PASID else pasid, iova, flags))
         elif status < 0 and data:
             kind, code, stage = check_fault_record(data, translate=False, iova=iova, length=length)
@@ -317,21 +352,22 @@ class _ColdIotlb:
 
 def cold_translate(world: World, req: DmaRequest) -> DmaTarget | DmaFault:
     """Translate ``req`` as if nothing were cached in the host: the IOTLB misses and shadow
-    (filled) stage-2 blocks are hidden, over read-only memory; everything is put back after.
+    (filled) stage-2 blocks are hidden, and the walk's writes (A/D bits, fault records) go to
+    a scratch copy; everything is put back after.
 
     The model's own configuration caches are not bypassed (they are the model's business and
     a full invalidation must have emptied them anyway)."""
     session = world.session
     host = session.host
     saved_iotlb = host.iotlb
-    saved_memory: Any = session.memory
+    saved_memory = session.memory
     saved_guest = host.host_memory.guest
     saved_blocks = {}
-    readonly = ReadOnlyMemory(world.raw)
+    scratch = ScratchMemory(world.raw)
     try:
         host.iotlb = cast(Any, _ColdIotlb(saved_iotlb))
-        session.memory = readonly
-        host.host_memory.guest = readonly
+        session.memory = scratch
+        host.host_memory.guest = scratch
         for ctx, context in host.contexts.items():
             s2 = context.s2
             saved_blocks[ctx] = (s2.blocks, s2.shifts, s2.mapped_bytes)
@@ -345,10 +381,10 @@ def cold_translate(world: World, req: DmaRequest) -> DmaTarget | DmaFault:
         session.memory = saved_memory
         host.host_memory.guest = saved_guest
         for ctx, (blocks, shifts, mapped) in saved_blocks.items():
-            context = host.contexts.get(ctx)
-            if context is not None:
-                context.s2.blocks, context.s2.shifts, context.s2.mapped_bytes = (
-                    blocks, shifts, mapped)
+            kept_context = host.contexts.get(ctx)
+            if kept_context is not None:
+                s2 = kept_context.s2
+                s2.blocks, s2.shifts, s2.mapped_bytes = blocks, shifts, mapped
 
 
 _PATTERN = bytes(range(256)) * 16

@@ -28,6 +28,7 @@ inv     —                                               the architecture's ful
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -187,7 +188,7 @@ class ModelTarget:
         values = regs.values
         for name, value in world.state["stable"].items():
             if values[name] != value:
-                raise Failure("register", f"{step}: read-only {name} changed "
+                raise Failure(f"register:{name}:changed", f"{step}: read-only {name} changed "
                                           f"{value:#x} -> {values[name]:#x}")
         for name in world.wrote:
             self.check_reserved(world, self.by_name[name], step)
@@ -207,7 +208,7 @@ class ModelTarget:
             return
         value = world.model.mmio_read(reg.offset, reg.size)
         if value & reg.rsvd:
-            raise Failure("register", f"{step}: {reg.name} reads {value:#x}, reserved bits "
+            raise Failure(f"register:{reg.name}:reserved", f"{step}: {reg.name} reads {value:#x}, reserved bits "
                                       f"{value & reg.rsvd:#x} set")
 
     def sweep(self, world: World, step: Step | str) -> None:
@@ -218,10 +219,10 @@ class ModelTarget:
                 continue  # a read would change state the program did not ask to change
             value = world.model.mmio_read(reg.offset, reg.size)
             if value & reg.rsvd:
-                raise Failure("register", f"{step}: {reg.name} reads {value:#x}, reserved "
+                raise Failure(f"register:{reg.name}:reserved", f"{step}: {reg.name} reads {value:#x}, reserved "
                                           f"bits {value & reg.rsvd:#x} set")
             if reg.name in stable and value != stable[reg.name]:
-                raise Failure("register", f"{step}: read-only {reg.name} reads {value:#x}, "
+                raise Failure(f"register:{reg.name}:changed", f"{step}: read-only {reg.name} reads {value:#x}, "
                                           f"was {stable[reg.name]:#x}")
 
     # -- generation -------------------------------------------------------------------------------
@@ -280,7 +281,8 @@ class ModelTarget:
         return value
 
     def pick_register(self, src: Source) -> Register:
-        return pick(src, self.registers)  # type: ignore[no-any-return]
+        reg: Register = pick(src, self.registers)
+        return reg
 
     def gen_write(self, src: Source) -> Step:
         if not self.registers or chance(src, 32):
@@ -311,7 +313,10 @@ class ModelTarget:
         return Step("r", (reg.offset, reg.size))
 
     def gen_pasid(self, src: Source) -> int:
-        return m.NO_PASID if src.below(4) else pick(src, (0, 1, 2, 3, 0x3F, 0xFFFFF))  # type: ignore[no-any-return]
+        if src.below(4):
+            return m.NO_PASID
+        pasid: int = pick(src, (0, 1, 2, 3, 0x3F, 0xFFFFF))
+        return pasid
 
     def gen_iova(self, src: Source) -> int:
         base: int = pick(src, self.iovas)
@@ -389,10 +394,9 @@ class ModelTarget:
             memory = _RecordingRam(world)
             builder = arena.build(memory, TableAllocator(memory, arena.gpa, arena.span))
             builders[arena_index] = builder
-        try:
+        # A map the builder cannot express (taken, misaligned, out of table memory) is no step.
+        with contextlib.suppress(ValueError, RuntimeError):
             builder.map(iova, gpa, 1 << size_log2, Perm(perms & 7))
-        except (ValueError, RuntimeError):
-            pass  # the fuzzer asked for something the builder cannot express: no step
 
     def _op_inv(self, world: World, step: Step) -> None:
         if self.invalidate_all(world):

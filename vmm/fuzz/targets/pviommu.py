@@ -115,4 +115,4 @@ def _op_pv(world: World, step: Step) -> None:
     subop = step.args[0] & 0xFFFF_FFFF
     status, data = world.send(Request.PV_IOMMU_OP, struct.pack("<II", subop, 0) + step.data)
     if status in (-E.ENOSYS, -E.EOPNOTSUPP) and data != step.data:
-        raise Failure("reply", f"{step}: status {status} but the structure came back changed")
+        raise Failure("reply:pv-unchanged", f"{step}: status {status} but the structure came back changed")

@@ -35,7 +35,7 @@ from devices.pagetable.builders import ArmS1Builder, ArmS2Builder
 from devices.smmuv3 import regs as r
 from vmm.fuzz.oracles import Failure
 from vmm.fuzz.program import Source, Step, chance, pick
-from vmm.fuzz.targets.base import Arena, Area, Generator, ModelTarget, Op
+from vmm.fuzz.targets.base import Area, Arena, Generator, ModelTarget, Op
 from vmm.fuzz.world import World
 
 CMDQ, EVTQ, PRIQ = 0x0000, 0x1000, 0x2000
@@ -264,7 +264,8 @@ class Smmuv3Target(ModelTarget):
     # -- oracle support -------------------------------------------------------------------------
 
     def queue_entries(self, world: World) -> int:
-        values = world.regs.values  # type: ignore[union-attr]
+        assert world.regs is not None
+        values: dict[str, int] = world.regs.values
         return ((1 << min(values["CMDQ_BASE"] & _LOG2, _QMAX))
                 + (1 << min(values["EVENTQ_BASE"] & _LOG2, _QMAX))
                 + (1 << min(values["PRIQ_BASE"] & _LOG2, _QMAX)))
@@ -295,14 +296,14 @@ class Smmuv3Target(ModelTarget):
         if full or "CR0" in wrote or step_op(step) == "reset":
             cr0, ack = read(r.CR0.offset, 4), read(r.CR0ACK.offset, 4)
             if cr0 != ack:
-                raise Failure("handshake", f"{step}: CR0 {cr0:#x} but CR0ACK {ack:#x}")
+                raise Failure("handshake:CR0ACK", f"{step}: CR0 {cr0:#x} but CR0ACK {ack:#x}")
         if full or "IRQ_CTRL" in wrote:
             irq, irq_ack = read(r.IRQ_CTRL.offset, 4), read(r.IRQ_CTRLACK.offset, 4)
             if irq != irq_ack:
-                raise Failure("handshake", f"{step}: IRQ_CTRL {irq:#x} but IRQ_CTRLACK "
+                raise Failure("handshake:IRQ_CTRLACK", f"{step}: IRQ_CTRL {irq:#x} but IRQ_CTRLACK "
                                            f"{irq_ack:#x}")
         if (full or "GBPA" in wrote) and read(r.GBPA.offset, 4) & r.GBPA.UPDATE.mask:
-            raise Failure("handshake", f"{step}: GBPA.UPDATE still reads 1")
+            raise Failure("handshake:GBPA", f"{step}: GBPA.UPDATE still reads 1")
         if not wrote and not full:
             return
         err = r.CMDQ_CONS.ERR.get(read(r.CMDQ_CONS.offset, 4))
@@ -310,7 +311,7 @@ class Smmuv3Target(ModelTarget):
             world.state["cmdq_err"] = err
             active = read(r.GERROR.offset, 4) ^ read(r.GERRORN.offset, 4)
             if err and "CMDQ_CONS" not in wrote and not active & r.GERROR.CMDQ_ERR.mask:
-                raise Failure("handshake", f"{step}: CMDQ_CONS.ERR={err} without an active "
+                raise Failure("handshake:CMDQ_ERR", f"{step}: CMDQ_CONS.ERR={err} without an active "
                                            "GERROR.CMDQ_ERR")
 
     def seeds(self) -> list[list[Step]]:

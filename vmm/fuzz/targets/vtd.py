@@ -43,7 +43,7 @@ from devices.pagetable.builders import VtdSsBuilder, X86Builder
 from devices.vtd import regs as r
 from vmm.fuzz.oracles import Failure
 from vmm.fuzz.program import Source, Step, chance, pick
-from vmm.fuzz.targets.base import Arena, Area, Generator, ModelTarget, Op
+from vmm.fuzz.targets.base import Area, Arena, Generator, ModelTarget, Op
 from vmm.fuzz.targets.smmuv3 import put, words
 from vmm.fuzz.world import World
 
@@ -251,7 +251,8 @@ class VtdTarget(ModelTarget):
     # -- oracle support -------------------------------------------------------------------------
 
     def queue_entries(self, world: World) -> int:
-        values = world.regs.values  # type: ignore[union-attr]
+        assert world.regs is not None
+        values: dict[str, int] = world.regs.values
         return (256 << (values["IQA"] & _QS)) + (128 << (values["PQA"] & _QS))
 
     def invalidate_all(self, world: World) -> bool:
@@ -277,13 +278,13 @@ class VtdTarget(ModelTarget):
         state = world.state
         gsts = read(_GSTS, 4) if full or wrote else values["GSTS"]
         if gsts & ~state["gsts_allowed"]:
-            raise Failure("gsts", f"{step}: GSTS {gsts:#x} reports unsupported bits "
+            raise Failure("gsts:unsupported", f"{step}: GSTS {gsts:#x} reports unsupported bits "
                                   f"{gsts & ~state['gsts_allowed']:#x}")
         cmd = wrote.get("GCMD")
         if cmd is not None:
             self._check_gcmd(world, step, cmd, gsts, state["ir"])
         if not gsts & _QIES and values["IQH"]:
-            raise Failure("gsts", f"{step}: IQH {values['IQH']:#x} while QIES = 0")
+            raise Failure("gsts:IQH", f"{step}: IQH {values['IQH']:#x} while QIES = 0")
         # Fault records change on DMA as well as on register writes: the stored values here,
         # the guest's reads in the full check.
         if full:
@@ -298,10 +299,10 @@ class VtdTarget(ModelTarget):
         for name, offset in state["event_controls"]:
             value = read(offset, 4) if full else values[name]
             if value & _IP and not value & _IM:
-                raise Failure("event", f"{step}: {name} {value:#x}: IP set while IM is clear")
-        if full or "CCMD" in wrote or "IOTLB" in wrote:
-            if read(r.CCMD.offset, 8) & _ICC or read(r.IOTLB.offset, 8) & _IVT:
-                raise Failure("invalidation", f"{step}: CCMD.ICC or IOTLB.IVT still set")
+                raise Failure(f"event:{name}", f"{step}: {name} {value:#x}: IP set while IM is clear")
+        if (full or "CCMD" in wrote or "IOTLB" in wrote) and (
+                read(r.CCMD.offset, 8) & _ICC or read(r.IOTLB.offset, 8) & _IVT):
+            raise Failure("invalidation", f"{step}: CCMD.ICC or IOTLB.IVT still set")
 
     def start(self, world: World) -> None:
         super().start(world)
@@ -329,17 +330,17 @@ class VtdTarget(ModelTarget):
         }
         for name, value in want.items():
             if r.GSTS.field(name).get(gsts) != value:
-                raise Failure("gsts", f"{step}: GCMD {cmd:#x} but GSTS.{name} = "
+                raise Failure(f"gsts:{name}", f"{step}: GCMD {cmd:#x} but GSTS.{name} = "
                                       f"{r.GSTS.field(name).get(gsts)} (GSTS {gsts:#x})")
         if r.GCMD.SRTP.get(cmd) and not r.GSTS.RTPS.get(gsts):
-            raise Failure("gsts", f"{step}: GCMD.SRTP but GSTS.RTPS = 0")
+            raise Failure("gsts:RTPS", f"{step}: GCMD.SRTP but GSTS.RTPS = 0")
         qie, qies = r.GCMD.QIE.get(cmd), r.GSTS.QIES.get(gsts)
         if qie and not qies:
-            raise Failure("gsts", f"{step}: GCMD.QIE = 1 but QIES = 0")
+            raise Failure("gsts:QIES", f"{step}: GCMD.QIE = 1 but QIES = 0")
         if not qie and qies:
             read = world.model.mmio_read
             if read(r.IQH.offset, 8) == read(r.IQT.offset, 8):
-                raise Failure("gsts", f"{step}: QIE disable refused with an idle queue")
+                raise Failure("gsts:QIES", f"{step}: QIE disable refused with an idle queue")
 
     def seeds(self) -> list[list[Step]]:
         """A driver's bring-up in legacy and in scalable mode, queued invalidation, traffic."""
