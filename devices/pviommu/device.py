@@ -41,7 +41,7 @@ from devices.model import (
     IommuModel,
     Option,
 )
-from devices.pagetable import ACCESS_R, ACCESS_W, Fault
+from devices.pagetable import ACCESS_R, ACCESS_W, ACCESS_X, Fault
 from protocols import pviommu as pv
 from protocols.pviommu import Cmd
 
@@ -256,7 +256,10 @@ class PvIommu(IommuModel):
                 return DmaFault(FaultKind.TRANSLATION, 0, iova, 2)  # identity covers RAM only
         elif ctx in self.identity_hosts and host.gpa_to_hpa(iova & ~(PAGE - 1)) is None:
             return DmaFault(FaultKind.TRANSLATION, 0, iova, 2)
-        result = host.translate(ctx, None, iova, ACCESS_W if req.write else ACCESS_R)
+        access = (ACCESS_W if req.write else ACCESS_R) | (ACCESS_X if req.execute else 0)
+        # Xen's mappings carry no execute right: an execute request on a context mapping is
+        # a permission fault (kind 2); only the identity default context grants everything.
+        result = host.translate(ctx, None, iova, access)
         if isinstance(result, Fault):
             if result.kind == FaultKind.BLOCKED:
                 return DmaFault(FaultKind.BLOCKED, 0, iova, 0)
