@@ -375,9 +375,10 @@ class Connection:
     def _dma(self, payload: bytes, fds: list[int]) -> bytes:
         if len(payload) < m.DMA.size:
             raise RequestError(E.EINVAL, "short DMA")
-        requester, pasid, iova, length, flags, segment = m.DMA.unpack(payload)
-        writes = bool(flags & m.DmaFlag.WRITE)
-        _expect_size(payload, m.DMA.size + (length if writes else 0))
+        requester, pasid, iova, length, flags, segment = _DMA_UNPACK_FROM(payload)
+        writes = flags & _DMA_WRITE
+        if len(payload) != 24 + (length if writes else 0):
+            raise RequestError(E.EINVAL, "DMA payload size does not match its length")
         self._dma_source(segment, requester, flags)
         if not 1 <= length <= m.MAX_DMA_LENGTH or iova + length > 1 << 64:
             raise RequestError(E.EINVAL, f"bad DMA length {length} at {iova:#x}")
@@ -387,7 +388,7 @@ class Connection:
         )
         if isinstance(result, FaultReply):
             return m.reply(Request.DMA, -E.EFAULT, m.FAULT_RECORD.pack(*result, 0))
-        return m.reply(Request.DMA, 0, result)
+        return _REPLY_HEAD_PACK(_DMA_CODE, m.REPLY_FLAGS, 8 + len(result), 0, 0) + result
 
     def _translate(self, payload: bytes, fds: list[int]) -> bytes:
         _expect_size(payload, m.TRANSLATE.size)
@@ -527,6 +528,10 @@ class Connection:
 
 
 _HEADER_UNPACK = m.HEADER.codec.unpack
+_DMA_UNPACK_FROM = m.DMA.codec.unpack_from
+_DMA_WRITE = int(m.DmaFlag.WRITE)
+_DMA_CODE = int(Request.DMA)
+_REPLY_HEAD_PACK = m.REPLY_HEAD.pack
 _MMIO_READ_UNPACK = m.MMIO_READ.codec.unpack
 _MMIO_READ_CODE = int(Request.MMIO_READ)
 _MMIO_READ_REPLY_PACK = struct.Struct("<IIIiIQ").pack  # header, status and value in one pack
