@@ -225,13 +225,14 @@ class _Tally:
         return (self.server_cpu + self.client_cpu) / self.requests
 
 
-def record_ratio(seconds: float, reps: int, *, writes: bool = False,
+def record_ratio(seconds: float, reps: int, *, writes: bool = False, cpu: int | None = None,
                  ) -> tuple[float, float, float, float]:
     """(median with/without throughput ratio, round trips/s without, with, and the ratio of
     CPU time per round trip — client plus daemon — without/with, which the machine's other
     load does not move)."""
-    cpu = min(os.sched_getaffinity(0))
     old = os.sched_getaffinity(0)
+    if cpu is None:
+        cpu = min(old)
     os.sched_setaffinity(0, {cpu})
     ratios: list[float] = []
     cpu_ratios: list[float] = []
@@ -263,9 +264,10 @@ def record_ratio(seconds: float, reps: int, *, writes: bool = False,
             statistics.median(rec_rates), statistics.median(cpu_ratios))
 
 
-def replay_figures(seconds: float = 2.0, reps: int = 5,
-                   requests: int = 100_000) -> dict[str, float]:
-    """The figures of this benchmark (module docstring)."""
+def replay_figures(seconds: float = 2.0, reps: int = 5, requests: int = 100_000, *,
+                   cpu: int | None = None) -> dict[str, float]:
+    """The figures of this benchmark (module docstring); ``cpu``: where client and daemons
+    run (default: the lowest CPU this process may use)."""
     with tempfile.TemporaryDirectory(prefix="bench-replay-") as tmp:
         path = os.path.join(tmp, "workload.jsonl.gz")
         record_workload(path, requests)
@@ -273,8 +275,8 @@ def replay_figures(seconds: float = 2.0, reps: int = 5,
         rate, events, diverged = replay_rate(path, max(1, reps // 2))
     if diverged:
         raise RuntimeError(f"the benchmark trace diverged in replay ({diverged})")
-    ratio, plain, recorded, cpu_ratio = record_ratio(seconds, reps)
-    w_ratio, _, _, w_cpu_ratio = record_ratio(seconds, reps, writes=True)
+    ratio, plain, recorded, cpu_ratio = record_ratio(seconds, reps, cpu=cpu)
+    w_ratio, _, _, w_cpu_ratio = record_ratio(seconds, reps, writes=True, cpu=cpu)
     return {
         "replay_events_per_s": round(rate),
         "replay_trace_events": events,

@@ -298,6 +298,9 @@ class _Fds:
 # -- replaying a viommu trace --------------------------------------------------------------------
 
 Effect = tuple[int, t.Event]
+_EFFECT_MEMBERS = {"read": {"gpa", "n", "data"}, "write": {"gpa", "data"}, "table": {"op"},
+                   "irq": {"dev", "vec"}, "atc_inv": {"seg", "req", "pasid", "addr", "size"},
+                   "page_resp": {"seg", "req", "pasid", "group", "code"}}
 _MMIO_KINDS = frozenset(["mmio_read", "mmio_write"])
 
 
@@ -588,6 +591,10 @@ class TraceReplay:
                     effects: list[Effect] = []
                     pending = next(it, None)
                     while pending is not None and pending[1]["k"] in effect_kinds:
+                        if not pending[1].keys() >= _EFFECT_MEMBERS[pending[1]["k"]]:
+                            raise t.TraceError(f"a {pending[1]['k']} event needs members "
+                                               f"{sorted(_EFFECT_MEMBERS[pending[1]['k']])}",
+                                               pending[0])
                         effects.append(pending)
                         pending = next(it, None)
                     count += 1 + len(effects)

@@ -23,13 +23,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from vmm.fuzz.targets import ALL_TARGETS, unavailable
+from vmm.fuzz import TARGET_NAMES
 
 DEFAULT_CRASHES = "fuzz-crashes"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", choices=ALL_TARGETS, help="what to fuzz")
+    parser.add_argument("--target", choices=TARGET_NAMES, help="what to fuzz")
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--runs", type=int, metavar="N",
                         help="stop after N executions: steps (built-in), messages (protocol), "
@@ -61,6 +61,8 @@ def main(args: argparse.Namespace) -> int:
     if args.target is None:
         print("vmm fuzz: --target or --reproduce is required", file=sys.stderr)
         return 2
+    from vmm.fuzz.targets import unavailable
+
     reason = unavailable(args.target)
     if reason is not None:
         print(f"vmm fuzz: {reason}", file=sys.stderr)

@@ -180,6 +180,15 @@ class Engine:
         start = time.monotonic()
         self._cpu_start = time.process_time()
         last_report = start
+        loaded, self.corpus = self.corpus, []
+        for steps in loaded:  # a saved corpus first rebuilds the coverage map it found
+            if runs is not None and stats.execs >= runs:
+                break
+            failure = self.run_program(steps)
+            stats.programs += 1
+            if failure is not None:
+                self.handle(failure, steps)
+        self.corpus = self.corpus or loaded
         while True:
             now = time.monotonic()
             if runs is not None and stats.execs >= runs:
@@ -218,15 +227,14 @@ class Engine:
         if failure.kind in self._kinds:
             return
         self._kinds.add(failure.kind)
-        executed = steps
         if self.log is not None:
             print(f"  FAILURE {failure.kind}: {failure.detail.splitlines()[0]}", file=self.log,
                   flush=True)
-        small = minimize(self.target, executed, failure.kind, seconds=self.minimize_seconds)
+        small = minimize(self.target, steps, failure.kind, seconds=self.minimize_seconds)
         found = FoundFailure(failure.kind, failure.detail, small)
         if self.crashes_dir is not None:
             found.path = reproducer.save_failure(self.crashes_dir, self.target, small, failure)
             if self.log is not None:
-                print(f"  minimized {len(executed)} -> {len(small)} steps: {found.path}",
+                print(f"  minimized {len(steps)} -> {len(small)} steps: {found.path}",
                       file=self.log, flush=True)
         self.stats.failures.append(found)

@@ -1,8 +1,8 @@
-"""What the fuzzer feeds a model: programs of steps, and where their choices come from.
+"""What the fuzzer feeds a model: programs (lists) of steps, and where choices come from.
 
 A ``Step`` is one guest action: an operation name, integer arguments and optional bytes.  Its
-meaning belongs to the target (``vmm.fuzz.targets``); some steps are *semantic* (\"publish
-these commands at the queue's producer index\") and are resolved against the model's registers
+meaning belongs to the target (``vmm.fuzz.targets``); some steps are *semantic* ("publish
+these commands at the queue's producer index") and are resolved against the model's registers
 when they run, so they keep their meaning when the steps around them change or disappear —
 which is what makes mutation and delta debugging work.  One step is one fuzzer input.
 
@@ -14,7 +14,7 @@ generators give it structure-aware inputs.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 
@@ -41,16 +41,6 @@ class Step:
         args = ", ".join(f"{a:#x}" if a > 9 else str(a) for a in self.args)
         tail = f", data={self.data.hex()}" if self.data else ""
         return f"{self.op}({args}{tail})"
-
-
-@dataclass
-class Program:
-    """A list of steps run in order on a fresh guest session."""
-
-    steps: list[Step] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.steps)
 
 
 class Source(Protocol):

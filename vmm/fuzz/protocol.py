@@ -556,8 +556,12 @@ def _cpu(daemon: Daemon) -> float:
 def handle_failure(failure: Failure, msgs: list[Message], crashes: Path | None,
                    minimize_seconds: float, devices: list[str],
                    log: Callable[[str], None] | None) -> Path | None:
+    """Minimize the failing connection's messages against fresh daemons (when the failure
+    reproduces there at all) and write the reproducer; its path."""
     if log is not None:
         log(f"  FAILURE {failure.kind}: {failure.detail.splitlines()[0]}")
+    if crashes is None:
+        return None
     candidates = list(msgs)
     deadline = time.monotonic() + minimize_seconds
 
@@ -570,14 +574,13 @@ def handle_failure(failure: Failure, msgs: list[Message], crashes: Path | None,
         return got is not None and got.kind == failure.kind
 
     small = ddmin(candidates, fails, deadline=deadline) if fails(candidates) else candidates
-    if crashes is None:
-        return None
     crashes.mkdir(parents=True, exist_ok=True)
     doc = {"format": "viommu-fuzz", "version": 1, "target": "protocol", "devices": devices,
            "failure": {"kind": failure.kind, "detail": failure.detail},
            "messages": [msg.to_json() for msg in small]}
     digest = hashlib.sha1(json.dumps(doc["messages"]).encode()).hexdigest()[:10]
-    path = crashes / f"protocol-{failure.kind}-{digest}.json"
+    slug = "".join(c if c.isalnum() else "-" for c in failure.kind)
+    path = crashes / f"protocol-{slug}-{digest}.json"
     path.write_text(json.dumps(doc, indent=1) + "\n")
     if log is not None:
         log(f"  minimized {len(candidates)} -> {len(small)} messages: {path}")

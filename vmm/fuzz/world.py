@@ -6,8 +6,10 @@ observed and whose interrupts are logged), feeds it real protocol messages throu
 would send — and runs the oracles after every step:
 
 1. no exception escapes the step;
-2. the step's guest-memory accesses stay within its work bound (``WorkExceeded`` is raised in
-   the middle of a runaway step);
+2. the step's guest-memory accesses stay within its work bound — ``WORK_BASE`` +
+   ``WORK_PER_ENTRY`` × the entries of every queue as the registers size them +
+   ``WORK_PER_PAGE`` × the pages of a DMA (``WorkExceeded`` is raised in the middle of a
+   runaway step), and it ends within ``WATCHDOG_SECONDS`` (SIGALRM raises ``Hang`` in it);
 3. no access outside guest RAM is anything but ``None``/``False``, and no write lands outside;
 4. every reply is well formed (``oracles.check_reply``);
 5. the target's register invariants (``Target.check``);

@@ -8,6 +8,7 @@ unavailable instead of failing (the PV-IOMMU model is built separately).
 from __future__ import annotations
 
 from vmm import config
+from vmm.fuzz import TARGET_NAMES
 from vmm.fuzz.targets.base import ModelTarget
 from vmm.fuzz.targets.pviommu import PvIommuTarget
 from vmm.fuzz.targets.smmuv3 import Smmuv3Target
@@ -19,6 +20,7 @@ MODEL_TARGETS: dict[str, type[ModelTarget]] = {
     "pv-iommu": PvIommuTarget,
 }
 ALL_TARGETS = (*MODEL_TARGETS, "protocol")
+assert ALL_TARGETS == TARGET_NAMES, "vmm.fuzz.TARGET_NAMES must list every target"
 
 
 def unavailable(name: str) -> str | None:

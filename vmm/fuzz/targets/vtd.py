@@ -22,7 +22,6 @@ Semantic operations:
 ======  ===================  ==============================================================
 qi      count; data          write descriptors (16 or 32 B each, fitted to IQA.DW) at IQT
                              and publish them with an IQT write
-prq     (common)             a page request; ``pqc`` consumes the page request queue
 pqc     —                    PQH := PQT
 gcmd    bit, set             the spec's recipe: GCMD := (GSTS & 0x96FFFFFF) with one bit
                              set or cleared
