@@ -54,8 +54,8 @@ from devices.smmuv3.testing import SmmuRig, cd_fields  # noqa: E402
 from protocols import messages as m  # noqa: E402
 from protocols import pviommu as pv  # noqa: E402
 from protocols.messages import Request  # noqa: E402
-from vmm.drivers.vtd import RamPort, VTdDriver  # noqa: E402
-from vmm.harness import BlockingClient, GuestRam  # noqa: E402
+from vmm.drivers.vtd import VTdDriver  # noqa: E402
+from vmm.harness import BlockingClient, GuestRam, RamPort  # noqa: E402
 
 PAGE = 4096
 RAM_BASE = 0x8000_0000

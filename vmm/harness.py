@@ -112,6 +112,38 @@ class GuestRam:
         os.close(self.fd)
 
 
+class RamPort:
+    """A ``devices.model.MemoryPort`` over a ``GuestRam``: the table builders write through it
+    as a guest driver writes its own RAM."""
+
+    def __init__(self, ram: GuestRam) -> None:
+        self.ram = ram
+
+    def _inside(self, gpa: int, length: int) -> bool:
+        return self.ram.gpa <= gpa and gpa + length <= self.ram.gpa + self.ram.size
+
+    def read(self, gpa: int, length: int) -> bytes | None:
+        return bytes(self.ram.read(gpa, length)) if self._inside(gpa, length) else None
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> bool:
+        if not self._inside(gpa, len(data)):
+            return False
+        self.ram.write(gpa, bytes(data))
+        return True
+
+    def read_u32(self, gpa: int) -> int | None:
+        return self.ram.read_u32(gpa) if self._inside(gpa, 4) else None
+
+    def read_u64(self, gpa: int) -> int | None:
+        return self.ram.read_u64(gpa) if self._inside(gpa, 8) else None
+
+    def write_u32(self, gpa: int, value: int) -> bool:
+        return self.write(gpa, struct.pack("<I", value))
+
+    def write_u64(self, gpa: int, value: int) -> bool:
+        return self.write(gpa, struct.pack("<Q", value))
+
+
 def _region_payload(regions: Sequence[RegionSpec]) -> bytes:
     return m.MEM_TABLE_HEAD.pack(len(regions), 0) + b"".join(
         m.REGION.pack(r.gpa, r.size, r.mmap_offset) for r in regions

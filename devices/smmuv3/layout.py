@@ -25,18 +25,9 @@ from typing import Any
 
 import construct as c
 
-_FLAG_TYPE = type(c.Flag)
-_U64 = (1 << 64) - 1
+from devices.layout import DecodeError, word, word_fields
 
-
-class DecodeError(Exception):
-    """Bytes of the wrong size were handed to a decoder: always the caller's bug.
-
-    ``raw`` keeps the bytes for the report."""
-
-    def __init__(self, what: str, raw: bytes) -> None:
-        super().__init__(f"{what}: {len(raw)} bytes cannot be decoded")
-        self.raw = raw
+__all__ = ["DecodeError", "Layout", "Slot", "dword", "f", "rsvd"]
 
 
 def f(name: str, bits: int) -> Any:
@@ -49,12 +40,8 @@ def rsvd(bits: int) -> Any:
     return c.Padding(bits)
 
 
-def dword(*subcons: Any) -> Any:
-    """One little-endian 64-bit doubleword, fields from bit 63 down to bit 0."""
-    inner = c.BitStruct(*subcons)
-    if inner.sizeof() != 8:
-        raise ValueError(f"a dword declares {8 * inner.sizeof()} bits, not 64")
-    return c.ByteSwapped(inner)
+dword = word
+"""One little-endian 64-bit doubleword, fields from bit 63 down to bit 0."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,27 +62,8 @@ class Slot:
 
 def _dword_slots(index: int, decl: Any) -> tuple[dict[str, Slot], int]:
     """Fields of one ``dword`` declaration and the mask of its reserved bits."""
-    bitstruct = decl.subcon.subcon  # ByteSwapped → BitStruct (Transformed) → Struct
-    slots: dict[str, Slot] = {}
-    named = 0
-    pos = 64
-    for sub in bitstruct.subcons:
-        inner = sub.subcon if isinstance(sub, c.Renamed) else sub
-        if isinstance(inner, c.BitsInteger):
-            width = inner.length
-        elif isinstance(inner, _FLAG_TYPE):
-            width = 1
-        elif isinstance(inner, c.Padded):
-            width = inner.length
-        else:
-            raise TypeError(f"{sub!r}: declare fields with f() and reserved bits with rsvd()")
-        pos -= width
-        if isinstance(sub, c.Renamed):
-            slots[sub.name] = Slot(index, pos, (1 << width) - 1)
-            named |= ((1 << width) - 1) << pos
-    if pos != 0:
-        raise ValueError(f"dword {index} declares {64 - pos} bits")
-    return slots, _U64 & ~named
+    fields, reserved = word_fields(decl)
+    return {name: Slot(index, lsb, (1 << width) - 1) for name, (lsb, width) in fields.items()}, reserved
 
 
 class Layout:

@@ -21,29 +21,15 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import construct as c
 
+from devices.layout import DecodeError, word, word_fields
+
 T = TypeVar("T", bound=NamedTuple)
 
-_FLAG = type(c.Flag)
+__all__ = ["DecodeError", "Layout", "qword", "reserved_word"]
 
 
-class DecodeError(Exception):
-    """Bytes handed to a decoder are not the structure's size.
-
-    Always the caller's bug (a guest cannot cause it: memory reads return the size asked
-    for, or nothing).  ``raw`` keeps the bytes for the report.
-    """
-
-    def __init__(self, what: str, raw: bytes) -> None:
-        super().__init__(f"{what}: {len(raw)} bytes cannot be decoded")
-        self.raw = raw
-
-
-def qword(*subcons: Any) -> Any:
-    """One 64-bit little-endian word, fields given from bit 63 down to bit 0."""
-    inner = c.BitStruct(*subcons)
-    if inner.sizeof() != 8:  # BitStruct sizes count bytes
-        raise ValueError(f"a qword declares {8 * inner.sizeof()} bits, not 64")
-    return c.ByteSwapped(inner)
+qword = word
+"""One 64-bit little-endian word, fields given from bit 63 down to bit 0."""
 
 
 def reserved_word() -> Any:
@@ -55,29 +41,6 @@ class _Slot(NamedTuple):
     word: int
     shift: int
     mask: int
-
-
-def _word_fields(word: Any) -> tuple[dict[str, tuple[int, int]], int]:
-    """(name → (lsb, width)) of one ``qword`` declaration, and its reserved-bit mask."""
-    bitstruct = word.subcon.subcon
-    fields: dict[str, tuple[int, int]] = {}
-    named = 0
-    pos = 64
-    for sub in bitstruct.subcons:
-        inner = sub.subcon if isinstance(sub, c.Renamed) else sub
-        if isinstance(inner, c.BitsInteger):
-            width = inner.length
-        elif isinstance(inner, _FLAG):
-            width = 1
-        elif isinstance(inner, c.Padded):
-            width = inner.length
-        else:
-            raise TypeError(f"{sub!r}: only BitsInteger, Flag and Padding are declared")
-        pos -= width
-        if isinstance(sub, c.Renamed):
-            fields[sub.name] = (pos, width)
-            named |= ((1 << width) - 1) << pos
-    return fields, ((1 << 64) - 1) & ~named
 
 
 class Layout(Generic[T]):
@@ -92,7 +55,7 @@ class Layout(Generic[T]):
         slots: dict[str, _Slot] = {}
         rsvd: list[int] = []
         for i, w in enumerate(words):
-            fields, reserved = _word_fields(w)
+            fields, reserved = word_fields(w)
             rsvd.append(reserved)
             for fname, (lsb, width) in fields.items():
                 if fname in slots:

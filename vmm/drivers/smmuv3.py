@@ -26,7 +26,7 @@ from typing import Any
 
 from devices.model import Perm
 from devices.pagetable.builders import ArmS1Builder, ArmS2Builder, TableAllocator
-from vmm.harness import Client, ClientError, GuestRam
+from vmm.harness import Client, ClientError, GuestRam, RamPort
 
 IDR0, IDR1, IDR3, IDR5 = 0x00, 0x04, 0x0C, 0x14
 CR0, CR0ACK, CR1, CR2 = 0x20, 0x24, 0x28, 0x2C
@@ -213,39 +213,6 @@ class EventRecord:
         return cls(d0 & 0xFF, d0 >> 32, (d0 >> 12) & 0xFFFFF if ssv else None, d2,
                    d1 >> 39 & 1, d1 >> 40 & 3, d1 >> 35 & 1,
                    d3 & 0x00FF_FFFF_FFFF_F000, d3 & 0x00FF_FFFF_FFFF_FFF8, raw)
-
-
-# -- guest RAM as a MemoryPort (for the table builders) --------------------------------------
-
-class RamPort:
-    """A ``devices.model.MemoryPort`` over the harness's ``GuestRam``."""
-
-    def __init__(self, ram: GuestRam) -> None:
-        self.ram = ram
-
-    def _inside(self, gpa: int, length: int) -> bool:
-        return self.ram.gpa <= gpa and gpa + length <= self.ram.gpa + self.ram.size
-
-    def read(self, gpa: int, length: int) -> bytes | None:
-        return bytes(self.ram.read(gpa, length)) if self._inside(gpa, length) else None
-
-    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> bool:
-        if not self._inside(gpa, len(data)):
-            return False
-        self.ram.write(gpa, bytes(data))
-        return True
-
-    def read_u32(self, gpa: int) -> int | None:
-        return self.ram.read_u32(gpa) if self._inside(gpa, 4) else None
-
-    def read_u64(self, gpa: int) -> int | None:
-        return self.ram.read_u64(gpa) if self._inside(gpa, 8) else None
-
-    def write_u32(self, gpa: int, value: int) -> bool:
-        return self.write(gpa, struct.pack("<I", value))
-
-    def write_u64(self, gpa: int, value: int) -> bool:
-        return self.write(gpa, struct.pack("<Q", value))
 
 
 @dataclass

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from devices.model import Perm
 from devices.pagetable.builders import TableAllocator, VtdSsBuilder, X86Builder
 from vmm.drivers.smmuv3 import ProbeResult
-from vmm.harness import Client, GuestRam
+from vmm.harness import Client, GuestRam, RamPort
 from vmm.harness import Fault as HarnessFault
 
 VER, CAP, ECAP = 0x00, 0x08, 0x10
@@ -59,37 +59,6 @@ QI_IOTLB_DR, QI_IOTLB_DW = 1 << 7, 1 << 6
 PGTT_FL_ONLY, PGTT_SL_ONLY, PGTT_NESTED, PGTT_PT = 1, 2, 3, 4
 
 PAGE = 4096
-
-
-class RamPort:
-    """A ``devices.model.MemoryPort`` over the harness's ``GuestRam`` (for the builders)."""
-
-    def __init__(self, ram: GuestRam) -> None:
-        self.ram = ram
-
-    def _inside(self, gpa: int, length: int) -> bool:
-        return self.ram.gpa <= gpa and gpa + length <= self.ram.gpa + self.ram.size
-
-    def read(self, gpa: int, length: int) -> bytes | None:
-        return bytes(self.ram.read(gpa, length)) if self._inside(gpa, length) else None
-
-    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> bool:
-        if not self._inside(gpa, len(data)):
-            return False
-        self.ram.write(gpa, bytes(data))
-        return True
-
-    def read_u32(self, gpa: int) -> int | None:
-        return self.ram.read_u32(gpa) if self._inside(gpa, 4) else None
-
-    def read_u64(self, gpa: int) -> int | None:
-        return self.ram.read_u64(gpa) if self._inside(gpa, 8) else None
-
-    def write_u32(self, gpa: int, value: int) -> bool:
-        return self.write(gpa, struct.pack("<I", value))
-
-    def write_u64(self, gpa: int, value: int) -> bool:
-        return self.write(gpa, struct.pack("<Q", value))
 
 
 def qi_desc(*words: int) -> bytes:
