@@ -29,28 +29,12 @@ VEC_EVTQ, VEC_PRIQ, VEC_CMD_SYNC, VEC_GERROR = 0, 1, 2, 3
 MSI_DOORBELL = 0x0800_0040  # not guest RAM: an MSI there goes to the front-end as an IRQ
 
 
-class ChannelReader(BackendChannelReader):
-    """The harness's reader, knowing the project's PAGE_RESPONSE message too."""
-
-    def _parse(self) -> BackendEvent | None:
-        if len(self._rx) < m.HEADER_SIZE:
-            return None
-        code, _, size = m.HEADER.unpack(self._rx[: m.HEADER_SIZE])
-        if len(self._rx) < m.HEADER_SIZE + size:
-            return None
-        payload = bytes(self._rx[m.HEADER_SIZE : m.HEADER_SIZE + size])
-        del self._rx[: m.HEADER_SIZE + size]
-        codec = {m.BackendMessage.IRQ: m.IRQ_MESSAGE,
-                 m.BackendMessage.PAGE_RESPONSE: m.PAGE_RESPONSE}.get(code, m.ATC_INVALIDATE)
-        return BackendEvent(code, dict(zip(codec.names, codec.unpack(payload), strict=True)))
-
-
 @dataclass
 class SmmuGuest:
     client: Client
     ram: GuestRam
     drv: SMMUv3Driver
-    channel: ChannelReader
+    channel: BackendChannelReader
 
     async def messages(self) -> list[BackendEvent]:
         """Back-end channel messages so far (after a round trip, so they have arrived)."""
@@ -99,7 +83,7 @@ async def smmu_guest(tmp_path: Path, nursery: trio.Nursery, *options: str,
         stack.callback(ram.close)
         await client.set_mem_table([ram])
         opened = await client.open_backend_channel()
-        channel = ChannelReader(opened.sock)
+        channel = opened
         stack.callback(channel.close)
         drv = SMMUv3Driver(client, 0, ram, **driver)  # type: ignore[arg-type]
         guest = SmmuGuest(client, ram, drv, channel)

@@ -30,22 +30,6 @@ MSI_ADDR = 0xFEE0_0000  # not guest RAM: the MSI goes to the front-end as an IRQ
 VECTOR_FAULT, VECTOR_INVALIDATION, VECTOR_PAGE_REQUEST = 0, 1, 2
 
 
-class ChannelReader(BackendChannelReader):
-    """The harness's reader, knowing the project's PAGE_RESPONSE message too."""
-
-    def _parse(self) -> BackendEvent | None:
-        if len(self._rx) < m.HEADER_SIZE:
-            return None
-        code, _, size = m.HEADER.unpack(self._rx[: m.HEADER_SIZE])
-        if len(self._rx) < m.HEADER_SIZE + size:
-            return None
-        payload = bytes(self._rx[m.HEADER_SIZE : m.HEADER_SIZE + size])
-        del self._rx[: m.HEADER_SIZE + size]
-        codec = {m.BackendMessage.IRQ: m.IRQ_MESSAGE,
-                 m.BackendMessage.PAGE_RESPONSE: m.PAGE_RESPONSE}.get(code, m.ATC_INVALIDATE)
-        return BackendEvent(code, dict(zip(codec.names, codec.unpack(payload), strict=True)))
-
-
 @dataclass
 class Guest:
     client: Client
@@ -105,7 +89,7 @@ async def vtd_guest(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Gues
             stack.callback(ram.close)
             await client.set_mem_table([ram])
             opened = await client.open_backend_channel()
-            channel = ChannelReader(opened.sock)
+            channel = opened
             stack.callback(channel.close)
             return Guest(client, ram, VTdDriver(client, 0, ram), channel)
 
