@@ -38,15 +38,19 @@ class Env(Protocol):
     def irq(self, vector: int) -> None:
         """Pulse the wired interrupt ``vector`` (an index into the model's ``irqs``)."""
 
-    def msi(self, vector: int, address: int, data: int) -> None:
+    def msi(self, vector: int, address: int, data: int) -> bool:
         """Deliver an MSI: a 32-bit write of ``data`` to ``address``.
 
         Where ``address`` is guest RAM the write lands there (Linux's MSIPOLL); otherwise it
-        goes to the front-end as an IRQ message with that MSI address and data.
+        goes to the front-end as an IRQ message with that MSI address and data.  Returns
+        whether the write completed (False: it was aborted, which SMMUv3 reports as
+        GERROR.MSI_*_ABT_ERR; protocol.md §1 "Interrupts" says when).
         """
 
-    def atc_invalidate(self, requester: int, pasid: int, address: int, size: int) -> None:
-        """Tell a device to invalidate its ATC (back-end channel ATC_INVALIDATE)."""
+    def atc_invalidate(self, requester: int, pasid: int, address: int, size: int) -> bool:
+        """Tell a device to invalidate its ATC (back-end channel ATC_INVALIDATE).  Returns
+        whether the message reached a channel that took it (False: the invalidation will
+        never complete — SMMUv3 CERROR_ATC_INV_SYNC, VT-d ITE; protocol.md §1)."""
 
     def page_response(self, requester: int, pasid: int | None, group: int, code: int) -> None:
         """Answer a page request group to the device (back-end channel PAGE_RESPONSE)."""

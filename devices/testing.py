@@ -70,6 +70,10 @@ class RecordingEnv:
     """(requester, pasid, address, size) of every ATC invalidation."""
     page_responses: list[tuple[int, int | None, int, int]] = field(default_factory=list)
     """(requester, pasid, group, response code) of every page response."""
+    msi_ok: bool = True
+    """What ``msi`` answers: False makes every MSI write abort (recorded all the same)."""
+    atc_ok: bool = True
+    """What ``atc_invalidate`` answers: False makes every ATC invalidation time out."""
     _host: Any = None
 
     @property
@@ -84,11 +88,13 @@ class RecordingEnv:
     def irq(self, vector: int) -> None:
         self.irqs.append(vector)
 
-    def msi(self, vector: int, address: int, data: int) -> None:
+    def msi(self, vector: int, address: int, data: int) -> bool:
         self.msis.append((vector, address, data))
+        return self.msi_ok
 
-    def atc_invalidate(self, requester: int, pasid: int, address: int, size: int) -> None:
+    def atc_invalidate(self, requester: int, pasid: int, address: int, size: int) -> bool:
         self.atc_invalidations.append((requester, pasid, address, size))
+        return self.atc_ok
 
     def page_response(self, requester: int, pasid: int | None, group: int, code: int) -> None:
         self.page_responses.append((requester, pasid, group, code))

@@ -76,10 +76,14 @@ message (step 2: answered -E2BIG, connection closed, payload never read) is a ``
 - ``table`` ``op`` ("set", "add", "rem") (+ ``errno``, negative, when refused): what the memory
   table did with a SET_MEM_TABLE / ADD_MEM_REG / REM_MEM_REG — an input, since it depends on
   the fds the guest sent.
-- ``irq`` ``dev, vec`` (+ ``addr``, ``data`` for an MSI that did not land in RAM): an interrupt,
-  whatever route it then took (eventfd, back-end channel, dropped).
-- ``atc_inv`` ``seg, req, pasid, addr, size`` and ``page_resp`` ``seg, req, pasid, group,
-  code``: back-end channel messages (whether or not a channel was there to carry them).
+- ``irq`` ``dev, vec`` (+ ``addr``, ``data`` for an MSI that did not land in RAM, + ``"ok":
+  false`` when no route took that MSI): an interrupt, whatever route it then took (eventfd,
+  back-end channel, dropped).  An MSI's ``ok`` is an input: the model reacts to an aborted
+  MSI (SMMUv3 GERROR.MSI_*_ABT_ERR), and replay answers it from the trace.
+- ``atc_inv`` ``seg, req, pasid, addr, size`` (+ ``"ok": false`` when no open channel took
+  it — an input, as for ``irq``: SMMUv3 CERROR_ATC_INV_SYNC, VT-d ITE) and ``page_resp``
+  ``seg, req, pasid, group, code``: back-end channel messages (whether or not a channel was
+  there to carry them).
 
 **Stream events**: ``eof`` (the guest went away; a half-read message is dropped) and ``end``
 ``events`` (the recorder closed the file cleanly; a trace without it was cut short).
@@ -325,8 +329,8 @@ READ64 = 3  # (READ64, gpa, int | None)
 WRITE = 4  # (WRITE, gpa, bytes, ok)
 WRITE32 = 5  # (WRITE32, gpa, int, ok)
 WRITE64 = 6  # (WRITE64, gpa, int, ok)
-IRQ = 7  # (IRQ, device, vector, msi_address, msi_data)
-ATC = 8  # (ATC, segment, requester, pasid, address, size)
+IRQ = 7  # (IRQ, device, vector, msi_address, msi_data, delivered)
+ATC = 8  # (ATC, segment, requester, pasid, address, size, delivered)
 PRESP = 9  # (PRESP, segment, requester, pasid, group, code)
 TABLE = 10  # (TABLE, op, errno)
 EOF = 11  # (EOF,)
@@ -428,10 +432,15 @@ def format_entries(entries: list[Any]) -> str:
             add(f'{{"k":"write","gpa":"{e[1]:#x}","data":"{hexdata}"{ok}}}\n')
         elif tag == IRQ:
             msi = f',"addr":"{e[3]:#x}","data":"{e[4]:#x}"' if e[3] or e[4] else ""
+            if msi and not e[5]:
+                msi += ',"ok":false'
             add(f'{{"k":"irq","dev":{e[1]},"vec":{e[2]}{msi}}}\n')
         elif tag == ATC:
-            add(_DUMPS({"k": "atc_inv", "seg": e[1], "req": e[2], "pasid": _pasid(e[3]),
-                        "addr": hex(e[4]), "size": hex(e[5])}) + "\n")
+            atc = {"k": "atc_inv", "seg": e[1], "req": e[2], "pasid": _pasid(e[3]),
+                   "addr": hex(e[4]), "size": hex(e[5])}
+            if not e[6]:
+                atc["ok"] = False
+            add(_DUMPS(atc) + "\n")
         elif tag == PRESP:
             add(_DUMPS({"k": "page_resp", "seg": e[1], "req": e[2], "pasid": _pasid(e[3]),
                         "group": e[4], "code": e[5]}) + "\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +25,7 @@ from vmm.config import MODELS, DaemonConfig, build_devices
 from vmm.daemon import serve_listener
 from vmm.guest import GuestSession
 from vmm.harness import Client, GuestRam
+from vmm.memory import make_memfd
 from vmm.record import Recorder
 from vmm.replay import Summary, replay_file
 from vmm.testguest import run_test_guest
@@ -413,3 +415,51 @@ async def test_vmm_record_dir_records_every_daemon(tmp_path: Path, nursery: trio
     listener.close()
     for path in tmp_path.glob("vmm-*.jsonl.gz"):
         replay_ok(path)
+
+
+# -- delivery outcomes are inputs (protocol.md §1 "ATC_INVALIDATE", "Interrupts") -----------
+
+def lost_delivery_trace(tmp_path: Path) -> list[str]:
+    """No back-end channel: an ATC_INV nobody takes fails the CMD_SYNC (CERROR_ATC_INV_SYNC)
+    and the GERROR MSI to a non-RAM address aborts (MSI_GERROR_ABT_ERR)."""
+    ram = 0x4000_0000
+    fd = make_memfd(1 << 20)
+    os.pwrite(fd, struct.pack("<4Q", 0x40 | 5 << 32, 0, 0x46, 0), 0)  # ATC_INV; CMD_SYNC
+    script = [(m.request(Request.SET_MEM_TABLE,
+                         m.MEM_TABLE_HEAD.pack(1, 0) + m.REGION.pack(ram, 1 << 20, 0)), [fd])]
+    for off, value, size in ((0x68, 0x0800_0000, 8), (0x50, 1, 4), (0x90, ram | 4, 8),
+                             (0x20, 1 << 3 | 1, 4), (0x98, 2, 4)):
+        script.append((m.request(Request.MMIO_WRITE, m.MMIO_WRITE.pack(0, size, off, value)),
+                       []))
+    path = tmp_path / "lost.jsonl"
+    rec = Recorder(str(path), CONFIG, source="test")
+    session = GuestSession(CONFIG, recorder=rec)
+    conn = rec.connection(session)
+    for message, fds in script:
+        conn.receive(message, [os.dup(f) for f in fds])
+    os.close(fd)
+    gerror = session.slots[0].model.mmio_read(0x60, 4)
+    assert gerror == 1 | 1 << 7  # CMDQ_ERR | MSI_GERROR_ABT_ERR
+    session.close()
+    rec.close()
+    return path.read_text().splitlines()
+
+
+def test_lost_atc_and_msi_outcomes_are_recorded_and_replay(tmp_path: Path) -> None:
+    lines = lost_delivery_trace(tmp_path)
+    events = [json.loads(line) for line in lines[1:]]
+    assert [e.get("ok") for e in events if e["k"] == "atc_inv"] == [False]
+    assert [e.get("ok") for e in events if e["k"] == "irq"] == [False]
+    summary = replay_lines(tmp_path, lines)
+    assert summary.divergences == [] and summary.complete
+
+
+def test_replay_answers_delivery_from_the_trace(tmp_path: Path) -> None:
+    lines = lost_delivery_trace(tmp_path)
+    i = find(lines, "atc_inv")
+    ev = json.loads(lines[i])
+    del ev["ok"]  # as if a device had taken it: the CMD_SYNC completes, no GERROR
+    edited = [*lines[:i], json.dumps(ev), *lines[i + 1:]]
+    first = replay_lines(tmp_path, edited).divergences[0]
+    assert first.what == "recorded output the replay did not produce"  # the GERROR MSI
+    assert {d.register for d in first.state} >= {"GERROR", "CMDQ_CONS"}

@@ -226,9 +226,9 @@ def test_linux_msipoll_writes_into_the_sync_entry_before_cons_passes_it() -> Non
     entry = rig.cmdq + 16 * (prod % (1 << rig.cmdq_log2))
     seen: list[int] = []
 
-    def msi(vector: int, address: int, data: int) -> None:
+    def msi(vector: int, address: int, data: int) -> bool:
         seen.append(r.CMDQ_CONS.RD.get(rig.read(r.CMDQ_CONS)))
-        rig.mem.write_u32(address, data)  # the daemon's Env writes RAM MSIs into RAM
+        return rig.mem.write_u32(address, data)  # the daemon's Env writes RAM MSIs into RAM
     env.msi = msi  # type: ignore[method-assign]
     rig.sync(CS=c.CS_SIG_IRQ, MSIAddress=entry >> 2, MSIData=0, MSH=3, MSIAttr=0xF)
     assert rig.mem.read_u32(entry) == 0

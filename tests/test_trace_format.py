@@ -165,8 +165,10 @@ def test_effects_format_as_documented() -> None:
     text = t.format_entries([
         (t.READ, 0x1000, 3, b"abc"), (t.READ32, 0x2000, 0x11223344), (t.READ64, 8, None),
         (t.WRITE, 0x10, b"\x01", False), (t.WRITE32, 0x20, 0xFEE, True),
-        (t.WRITE64, 0x28, 1, True), (t.IRQ, 0, 3, 0, 0), (t.IRQ, 1, 0, 0xFEE00000, 0x41),
-        (t.ATC, 0, 0x18, m.NO_PASID, 0x1000, 0x2000), (t.PRESP, 1, 0x18, 5, 2, 0),
+        (t.WRITE64, 0x28, 1, True), (t.IRQ, 0, 3, 0, 0, False),
+        (t.IRQ, 1, 0, 0xFEE00000, 0x41, True), (t.IRQ, 1, 0, 0xFEE00000, 0x42, False),
+        (t.ATC, 0, 0x18, m.NO_PASID, 0x1000, 0x2000, True),
+        (t.ATC, 0, 0x18, 3, 0, 0x1000, False), (t.PRESP, 1, 0x18, 5, 2, 0),
         (t.TABLE, "set", 0), (t.TABLE, "rem", -E.ENOENT), (t.EOF,), (t.END, 14)])
     lines = [json.loads(line) for line in text.splitlines()]
     assert lines == [
@@ -178,8 +180,11 @@ def test_effects_format_as_documented() -> None:
         {"k": "write", "gpa": "0x28", "data": "0100000000000000"},
         {"k": "irq", "dev": 0, "vec": 3},
         {"k": "irq", "dev": 1, "vec": 0, "addr": "0xfee00000", "data": "0x41"},
+        {"k": "irq", "dev": 1, "vec": 0, "addr": "0xfee00000", "data": "0x42", "ok": False},
         {"k": "atc_inv", "seg": 0, "req": 0x18, "pasid": None, "addr": "0x1000",
          "size": "0x2000"},
+        {"k": "atc_inv", "seg": 0, "req": 0x18, "pasid": 3, "addr": "0x0", "size": "0x1000",
+         "ok": False},
         {"k": "page_resp", "seg": 1, "req": 0x18, "pasid": 5, "group": 2, "code": 0},
         {"k": "table", "op": "set"}, {"k": "table", "op": "rem", "errno": -E.ENOENT},
         {"k": "eof"}, {"k": "end", "events": 14}]

@@ -16,7 +16,7 @@ from devices.vtd import hostmap, queue
 from devices.vtd.device import VTd
 from devices.vtd.pasid import Pgtt
 from devices.vtd.prq import PageRequestResult
-from devices.vtd.testing import IQH, Programmer, cc_inv, iotlb_inv, pc_inv, wait
+from devices.vtd.testing import IQH, Programmer, cc_inv, devtlb_inv, iotlb_inv, pc_inv, wait
 from vmm.memory import GuestMemory, anonymous_memory
 
 BASE = 0x4000_0000
@@ -168,3 +168,42 @@ def test_ccmd_domain_selective_is_performed_as_such_qemu_deviation(mem: GuestMem
     dev, p, _ = make(mem)
     dev.mmio_write(0x28, 8, 1 << 63 | 2 << 61 | 5)
     assert dev.mmio_read(0x28, 8) == 2 << 61 | 2 << 59 | 5
+
+
+# -- invalidation time-out (§6.5.2.10) ----------------------------------------------------
+
+
+def test_lost_device_tlb_invalidation_aborts_the_next_wait_with_ite(mem: GuestMemory) -> None:
+    dev, p, env = make(mem, device_iotlb=True)
+    p.enable()
+    dev.mmio_write(0x38, 4, 0)  # FECTL unmasked
+    env.atc_ok = False
+    start = p.read(IQH, 8)
+    assert not p.sync(devtlb_inv(SID, 0x4000), wait(iflag=1), value=5)
+    assert dev.regs.get("FSTS", "ITE") == 1
+    assert dev.regs.get("IQERCD", "ITESID") == SID
+    assert p.read(IQH, 8) == start + 2 * 16  # past the aborted wait; the rest not fetched
+    assert dev.regs["ICS"] == 0  # the aborted wait's interrupt was not sent
+    assert [v for v, _, _ in env.msis] == [dev.irq_names.index("fault")]
+    env.atc_ok = True
+    dev.mmio_write(0x34, 4, 1 << 6)  # software clears ITE: fetching resumes at IQH
+    assert mem.read_u32(p.status) == 5  # the next wait completes
+    assert dev.regs["ICS"] == 0  # the aborted one stays aborted
+    assert p.read(IQH, 8) == p.tail
+
+
+def test_delivered_device_tlb_invalidation_completes(mem: GuestMemory) -> None:
+    dev, p, env = make(mem, device_iotlb=True)
+    p.enable()
+    assert p.sync(devtlb_inv(SID, 0x4000))
+    assert dev.regs.get("FSTS", "ITE") == 0 and len(env.atc_invalidations) == 1
+
+
+def test_reset_forgets_a_lost_device_tlb_invalidation(mem: GuestMemory) -> None:
+    dev, p, env = make(mem, device_iotlb=True)
+    p.enable()
+    env.atc_ok = False
+    p.submit(devtlb_inv(SID, 0x4000))
+    assert dev.ite_sid == SID
+    dev.reset()
+    assert dev.ite_sid is None

@@ -65,24 +65,27 @@ class BackendChannel:
     def backlog(self) -> bool:
         return bool(self._queue or self._partial)
 
-    def irq(self, device: int, vector: int, msi_address: int = 0, msi_data: int = 0) -> None:
+    def irq(self, device: int, vector: int, msi_address: int = 0, msi_data: int = 0) -> bool:
+        """Queue an IRQ message; False only when the channel is closed (a coalesced IRQ is
+        delivered: the one still queued stands for it)."""
         key = (device, vector)
         if self.closed:
-            return
+            return False
         if key in self._pending_irqs:
             self.dropped += 1  # coalesced into the undelivered one
-            return
+            return True
         msg = m.backend_message(
             m.BackendMessage.IRQ, m.IRQ_MESSAGE.pack(device, vector, msi_address, msi_data, 0)
         )
         self._pending_irqs.add(key)
         self._queue.append((msg, key))
         self.flush()
+        return not self.closed  # a send error closes the channel: the message is lost
 
     def atc_invalidate(
         self, segment: int, requester: int, pasid: int, address: int, size: int
-    ) -> None:
-        self._post(m.backend_message(
+    ) -> bool:
+        return self._post(m.backend_message(
             m.BackendMessage.ATC_INVALIDATE,
             m.ATC_INVALIDATE.pack(segment, 0, requester, pasid, 0, address, size),
         ))
@@ -94,18 +97,20 @@ class BackendChannel:
             m.PAGE_RESPONSE.pack(segment, 0, requester, pasid, group, code, 0),
         ))
 
-    def _post(self, msg: bytes) -> None:
-        """Queue a message that is not an IRQ; past MAX_QUEUED undelivered, close."""
+    def _post(self, msg: bytes) -> bool:
+        """Queue a message that is not an IRQ; past MAX_QUEUED undelivered, close.  Returns
+        whether the message was taken (sent, or queued on a channel still open)."""
         if self.closed:
-            return
+            return False
         if self._queued_other >= MAX_QUEUED:
             log.warning("back-end channel: %d messages undelivered; closing it",
                         self._queued_other)
             self.close()
-            return
+            return False
         self._queued_other += 1
         self._queue.append((msg, None))
         self.flush()
+        return not self.closed
 
     def flush(self) -> None:
         """Send what the socket takes now; never blocks."""

@@ -56,14 +56,16 @@ class ModelEnv:
     def irq(self, vector: int) -> None:
         self.session.deliver_irq(self.device, vector, 0, 0)
 
-    def msi(self, vector: int, address: int, data: int) -> None:
+    def msi(self, vector: int, address: int, data: int) -> bool:
+        # protocol.md §1 "Interrupts": delivered when it lands in guest RAM or a route
+        # (eventfd, open back-end channel) takes it; otherwise the write is aborted.
         if self.session.memory.write_u32(address, data):
-            return
-        self.session.deliver_irq(self.device, vector, address, data)
+            return True
+        return self.session.deliver_irq(self.device, vector, address, data)
 
-    def atc_invalidate(self, requester: int, pasid: int, address: int, size: int) -> None:
+    def atc_invalidate(self, requester: int, pasid: int, address: int, size: int) -> bool:
         segment, requester = self.session.physical_id(self.device, self.segment, requester)
-        self.session.atc_invalidate(segment, requester, pasid, address, size)
+        return self.session.atc_invalidate(segment, requester, pasid, address, size)
 
     def page_response(self, requester: int, pasid: int | None, group: int, code: int) -> None:
         segment, requester = self.session.physical_id(self.device, self.segment, requester)
@@ -148,23 +150,32 @@ class GuestSession:
 
     # -- interrupts ------------------------------------------------------------------------
 
-    def deliver_irq(self, device: int, vector: int, msi_address: int, msi_data: int) -> None:
-        if self.recorder is not None:
-            self.recorder.irq(device, vector, msi_address, msi_data)
+    def deliver_irq(self, device: int, vector: int, msi_address: int, msi_data: int) -> bool:
+        """Signal an interrupt; whether a route took it.  The recorder sees the outcome and
+        may overrule it (replay answers what the trace recorded)."""
         fd = self.irq_fds.get((device, vector))
         if fd is not None:
             signal_eventfd(fd)
+            delivered = True
         elif self.channel is not None and not self.channel.closed:
-            self.channel.irq(device, vector, msi_address, msi_data)
+            delivered = self.channel.irq(device, vector, msi_address, msi_data)
         else:
             self.irqs_dropped += 1
+            delivered = False
+        if self.recorder is not None:
+            delivered = self.recorder.irq(device, vector, msi_address, msi_data, delivered)
+        return delivered
 
     def atc_invalidate(self, segment: int, requester: int, pasid: int, address: int,
-                       size: int) -> None:
+                       size: int) -> bool:
+        """Send ATC_INVALIDATE; whether an open channel took it (the recorder may overrule
+        the outcome, as for interrupts)."""
+        delivered = self.channel is not None and self.channel.atc_invalidate(
+            segment, requester, pasid, address, size)
         if self.recorder is not None:
-            self.recorder.atc_invalidate(segment, requester, pasid, address, size)
-        if self.channel is not None:
-            self.channel.atc_invalidate(segment, requester, pasid, address, size)
+            delivered = self.recorder.atc_invalidate(segment, requester, pasid, address, size,
+                                                     delivered)
+        return delivered
 
     # -- Backend: features, config, memory -------------------------------------------------
 

@@ -64,10 +64,14 @@ class Observer(Protocol):
     def wrap_memory(self, memory: SessionMemory) -> SessionMemory:
         """The memory the session will use instead of ``memory``."""
 
-    def irq(self, device: int, vector: int, msi_address: int, msi_data: int) -> None: ...
+    def irq(self, device: int, vector: int, msi_address: int, msi_data: int,
+            delivered: bool) -> bool:
+        """An interrupt and whether a route took it; returns the outcome the session
+        reports to the model (a recorder passes ``delivered`` on, replay the recorded one)."""
 
     def atc_invalidate(self, segment: int, requester: int, pasid: int, address: int,
-                       size: int) -> None: ...
+                       size: int, delivered: bool) -> bool:
+        """An ATC_INVALIDATE and whether a channel took it; returns the outcome, as ``irq``."""
 
     def page_response(self, segment: int, requester: int, pasid: int, group: int,
                       code: int) -> None: ...
@@ -360,12 +364,15 @@ class Recorder:
 
     # -- the session's observer hooks ------------------------------------------------------------
 
-    def irq(self, device: int, vector: int, msi_address: int, msi_data: int) -> None:
-        self.entries.append((t.IRQ, device, vector, msi_address, msi_data))
+    def irq(self, device: int, vector: int, msi_address: int, msi_data: int,
+            delivered: bool) -> bool:
+        self.entries.append((t.IRQ, device, vector, msi_address, msi_data, delivered))
+        return delivered
 
     def atc_invalidate(self, segment: int, requester: int, pasid: int, address: int,
-                       size: int) -> None:
-        self.entries.append((t.ATC, segment, requester, pasid, address, size))
+                       size: int, delivered: bool) -> bool:
+        self.entries.append((t.ATC, segment, requester, pasid, address, size, delivered))
+        return delivered
 
     def page_response(self, segment: int, requester: int, pasid: int, group: int,
                       code: int) -> None:

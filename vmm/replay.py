@@ -437,20 +437,27 @@ class TraceReplay:
         if errno:
             raise RegionError(int(errno), "refused, as recorded")
 
-    def irq(self, device: int, vector: int, msi_address: int, msi_data: int) -> None:
-        self._take("irq", lambda e: (e["dev"] == device and e["vec"] == vector
-                                     and _hx(e.get("addr")) == msi_address
-                                     and _hx(e.get("data")) == msi_data),
-                   f"irq dev={device} vec={vector}"
-                   + (f" addr={msi_address:#x} data={msi_data:#x}" if msi_address else ""))
+    def irq(self, device: int, vector: int, msi_address: int, msi_data: int,
+            delivered: bool) -> bool:
+        # Whether an MSI was delivered is an input (the trace's "ok"): the replay's own
+        # channel and fds are not the guest's.
+        ev = self._take("irq", lambda e: (e["dev"] == device and e["vec"] == vector
+                                          and _hx(e.get("addr")) == msi_address
+                                          and _hx(e.get("data")) == msi_data),
+                        f"irq dev={device} vec={vector}"
+                        + (f" addr={msi_address:#x} data={msi_data:#x}" if msi_address else ""))
+        if ev is None or not msi_address:
+            return delivered
+        return bool(ev.get("ok", True))
 
     def atc_invalidate(self, segment: int, requester: int, pasid: int, address: int,
-                       size: int) -> None:
+                       size: int, delivered: bool) -> bool:
         want = (segment, requester, None if pasid == m.NO_PASID else pasid, address, size)
-        self._take("atc_inv", lambda e: (e["seg"], e["req"], e["pasid"], _hx(e["addr"]),
-                                         _hx(e["size"])) == want,
-                   f"atc_inv seg={segment} req={requester:#x} pasid={want[2]} "
-                   f"addr={address:#x} size={size:#x}")
+        ev = self._take("atc_inv", lambda e: (e["seg"], e["req"], e["pasid"], _hx(e["addr"]),
+                                              _hx(e["size"])) == want,
+                        f"atc_inv seg={segment} req={requester:#x} pasid={want[2]} "
+                        f"addr={address:#x} size={size:#x}")
+        return delivered if ev is None else bool(ev.get("ok", True))
 
     def page_response(self, segment: int, requester: int, pasid: int, group: int,
                       code: int) -> None:
@@ -824,7 +831,8 @@ class ImportRun:
     def wrap_memory(self, memory: SessionMemory) -> SessionMemory:
         return memory
 
-    def irq(self, device: int, vector: int, msi_address: int, msi_data: int) -> None:
+    def irq(self, device: int, vector: int, msi_address: int, msi_data: int,
+            delivered: bool) -> bool:
         self.summary.irqs += 1
         if not self.quiet:
             slot = self.session.slots.get(device)
@@ -832,12 +840,14 @@ class ImportRun:
                 slot.model.irq_names) else str(vector)
             msi = f" (MSI {msi_address:#x} <- {msi_data:#x})" if msi_address else ""
             self.say(f"line {self._line}: IRQ {self.names.get(device, device)} {name}{msi}")
+        return True  # the imported run had a machine around it that took every interrupt
 
     def atc_invalidate(self, segment: int, requester: int, pasid: int, address: int,
-                       size: int) -> None:
+                       size: int, delivered: bool) -> bool:
         if not self.quiet:
             self.say(f"line {self._line}: ATC invalidate {segment}:{requester:#x} "
                      f"{address:#x}+{size:#x}")
+        return True  # as for interrupts: the device of the imported run answered
 
     def page_response(self, segment: int, requester: int, pasid: int, group: int,
                       code: int) -> None:

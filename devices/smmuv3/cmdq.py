@@ -9,8 +9,11 @@ GERROR.CMDQ_ERR is activated; consumption resumes when software acknowledges thr
 GERRORN (the device calls ``run`` again).  Work per call is bounded by the queue: at most
 2^(LOG2SIZE+1) - 1 entries, the most an inconsistent PROD/CONS pair can describe.
 
-CERROR_ATC_INV_SYNC is never raised: ATC invalidations are posted to the device on the
-back-end channel and complete at once as far as the SMMU can tell.
+CERROR_ATC_INV_SYNC (§4.7.3, §7.1): a CMD_ATC_INV whose invalidation the Env could not
+deliver (no back-end channel took it) will never complete, so the next CMD_SYNC fails: CONS
+stays on the CMD_SYNC, no completion signal is sent, GERROR.CMDQ_ERR is activated.  The
+timed-out invalidations are then no longer outstanding, so the CMD_SYNC that Linux resubmits
+in place (``arm_smmu_cmdq_skip_err`` leaves it there and acknowledges GERRORN) completes.
 
 Command effects:
 * CMD_CFGI_*: drop cached configuration (``config.ConfigCache``) and the host contexts built
@@ -23,7 +26,9 @@ Command effects:
   §7.2); CMD_PREFETCH_ADDR: nothing (a hint).
 * CMD_SYNC: SIG_IRQ writes MSIData to MSIAddress when it is non-zero and asserts the wired
   "cmdq-sync" line either way (§4.7.3: "regardless of the value of MSIAddress"); SIG_SEV is
-  SIG_NONE without IDR0.SEV.
+  SIG_NONE without IDR0.SEV.  An aborted MSI write activates GERROR.MSI_CMDQ_ABT_ERR; the
+  CMD_SYNC is complete all the same (§4.7.3: prior MSIs are "visible ... or aborted and
+  reported") and CONS moves past it.
 """
 
 from __future__ import annotations
@@ -74,6 +79,8 @@ class CommandProcessor:
         }
         self.executed = 0
         """Commands consumed since reset (introspection and tests)."""
+        self.atc_inv_timed_out = False
+        """A CMD_ATC_INV since the last CMD_SYNC could not be delivered (§4.7.3)."""
 
     # -- consumption -----------------------------------------------------------------------
 
@@ -98,6 +105,11 @@ class CommandProcessor:
             if isinstance(cmd, str):
                 dev.log_guest_error("CERROR_ILL at CMDQ index %d: %s", cons, cmd)
                 self._error(cons, r.CMDQ_CONS_ERR_CERROR_ILL)
+                return
+            if cmd.op == Op.SYNC and self.atc_inv_timed_out:
+                self.atc_inv_timed_out = False  # those invalidations will never complete
+                dev.log_guest_error("CERROR_ATC_INV_SYNC at CMDQ index %d", cons)
+                self._error(cons, r.CMDQ_CONS_ERR_CERROR_ATC_INV_SYNC)
                 return
             self.handlers[cmd.op](cmd)
             self.executed += 1
@@ -197,7 +209,8 @@ class CommandProcessor:
             address = (cmd["Address"] << 12) & ~(size - 1)
         ssv = cmd["SSV"] and dev.caps.ssidsize
         pasid = cmd["SubstreamID"] if ssv else NO_PASID
-        dev.env.atc_invalidate(cmd["StreamID"], pasid, address, size)
+        if not dev.env.atc_invalidate(cmd["StreamID"], pasid, address, size):
+            self.atc_inv_timed_out = True
 
     def _pri_resp(self, cmd: Command) -> None:
         dev = self.dev
@@ -214,8 +227,9 @@ class CommandProcessor:
         if cmd["CS"] != c.CS_SIG_IRQ:
             return  # SIG_NONE; SIG_SEV sends nothing without IDR0.SEV
         address = cmd["MSIAddress"] << 2
-        if address and dev.caps.msi:
-            dev.env.msi(r.IRQ_CMD_SYNC, address, cmd["MSIData"])
+        if address and dev.caps.msi and not dev.env.msi(r.IRQ_CMD_SYNC, address,
+                                                        cmd["MSIData"]):
+            dev.raise_gerror(r.GERROR.MSI_CMDQ_ABT_ERR)
         dev.env.irq(r.IRQ_CMD_SYNC)
 
 

@@ -44,6 +44,9 @@ Stop markers (a PASID, Last = 1, no R/W) get no answer.  Responses go to the dev
 Interrupts (§3.18): with the enable bit of IRQ_CTRL set, an interrupt is an MSI when the
 matching *_IRQ_CFG0.ADDR is non-zero, otherwise a pulse of the wired line (vector order
 ``irq_names``).  Wired lines stay usable because the protocol delivers them as eventfds.
+An MSI the Env reports aborted (protocol.md §1 "Interrupts": not guest RAM and no route took
+it) activates GERROR.MSI_EVENTQ/PRIQ/GERROR_ABT_ERR (§7.5); MSI_GERROR_ABT_ERR itself
+triggers no GERROR interrupt (§7.5.1).
 
 ID register choices (IHI 0070 §6.3 SMMU_IDR0..5; QEMU values in reference/smmuv3.md §1):
 - IDR0: S1P/S2P from ``stage``; TTF=AArch64; COHACC=1; ASID16=1; VMID16=1; TTENDIAN=LE;
@@ -95,6 +98,14 @@ from .queues import Queue
 from .translation import Abort, StreamTable, Translator
 
 log = logging.getLogger(__name__)
+
+_MSI_ABT_ERR = {
+    r.IRQ_EVTQ: r.GERROR.MSI_EVENTQ_ABT_ERR,
+    r.IRQ_PRIQ: r.GERROR.MSI_PRIQ_ABT_ERR,
+    r.IRQ_GERROR: r.GERROR.MSI_GERROR_ABT_ERR,
+}
+"""The GERROR error an aborted MSI of each queue interrupt activates (CMD_SYNC's is in
+cmdq.py)."""
 
 IRQ_EVTQ = r.IRQ_EVTQ
 IRQ_PRIQ = r.IRQ_PRIQ
@@ -242,6 +253,7 @@ class SMMUv3(IommuModel):
         self.regs.reset()
         self._drop_configuration()
         self.cmdq.executed = 0
+        self.cmdq.atc_inv_timed_out = False
         self.events_recorded = 0
 
     def translate(self, req: DmaRequest) -> DmaTarget | DmaFault:
@@ -401,23 +413,26 @@ class SMMUv3(IommuModel):
     # --- global errors and interrupts (chapter 7; §3.18) --------------------------------
 
     def raise_gerror(self, err: Field) -> None:
-        """Activate global error ``err`` (a GERROR field) unless it is active already."""
+        """Activate global error ``err`` (a GERROR field) unless it is active already; every
+        error but MSI_GERROR_ABT_ERR triggers the GERROR interrupt (§7.5.1: another MSI to
+        the same address might abort again)."""
         if self.gerror_active & err.mask:
             return
         self.regs["GERROR"] ^= err.mask
-        self._signal("GERROR_IRQEN", r.IRQ_GERROR, "GERROR_IRQ_CFG0", "GERROR_IRQ_CFG1")
+        if err is not r.GERROR.MSI_GERROR_ABT_ERR:
+            self._signal("GERROR_IRQEN", r.IRQ_GERROR, "GERROR_IRQ_CFG0", "GERROR_IRQ_CFG1")
 
     def _signal(self, enable: str, vector: int, cfg0: str, cfg1: str) -> None:
         """Send one interrupt if IRQ_CTRLACK.``enable`` is set: MSI if CFG0.ADDR is set,
-        else the wired line ``vector``.  The MSI write's success is not observable through
-        Env, so MSI_*_ABT_ERR is never raised here."""
+        else the wired line ``vector``.  An MSI write the Env reports aborted activates the
+        queue's GERROR.MSI_*_ABT_ERR (§7.5)."""
         if not self.regs.get("IRQ_CTRLACK", enable):
             return
         address = self.regs[cfg0] & self.regs.register(cfg0).field("ADDR").mask
-        if address:
-            self.env.msi(vector, address, self.regs[cfg1])
-        else:
+        if not address:
             self.env.irq(vector)
+        elif not self.env.msi(vector, address, self.regs[cfg1]):
+            self.raise_gerror(_MSI_ABT_ERR[vector])
 
     # --- write hooks --------------------------------------------------------------------
 

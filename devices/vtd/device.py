@@ -283,6 +283,9 @@ class VTd(IommuModel):
         self.active_rtaddr = 0
         self.active_irta = 0
         self.active_iqa = 0
+        self.ite_sid: int | None = None
+        """The SID of a device-TLB invalidation that timed out, until the next wait
+        descriptor reports it (§6.5.2.10)."""
         f = self.features
         self.queue = InvalidationQueue(dsc.Support(
             device_tlb=f.device_iotlb, iec=f.intremap, scalable=f.scalable_mode,
@@ -322,6 +325,7 @@ class VTd(IommuModel):
         self.active_rtaddr = 0
         self.active_irta = 0
         self.active_iqa = 0
+        self.ite_sid = None
         self.queue.pending = False
         self.faults.reset()
         self.page_responses.clear()
@@ -549,7 +553,8 @@ class VTd(IommuModel):
 
     def _run_queue(self) -> None:
         regs = self.regs
-        if not GSTS.QIES.get(regs["GSTS"]) or r.FSTS.IQE.get(regs["FSTS"]):
+        stopped = regs["FSTS"] & (r.FSTS.IQE.mask | r.FSTS.ITE.mask)
+        if not GSTS.QIES.get(regs["GSTS"]) or stopped:
             self.queue.pending = False
             return
         head, err = self.queue.run(self.env.memory, self.active_iqa, regs["IQH"], regs["IQT"],
@@ -566,14 +571,37 @@ class VTd(IommuModel):
         if not fsts & r.FSTS_EVENT_MASK:
             self._raise_event("FECTL")
 
-    def _execute(self, t: DescType, d: Any) -> None:
+    def _devtlb_invalidate(self, sid: int, pasid: int, start: int, size: int) -> None:
+        """A device-TLB invalidation the Env could not deliver never completes: remembered
+        for the next wait descriptor (§6.5.2.10, ``_time_out``)."""
+        if not self.env.atc_invalidate(sid, pasid, start, size) and self.ite_sid is None:
+            self.ite_sid = sid
+
+    def _time_out(self) -> None:
+        """§6.5.2.10 Invalidation Time-out Error, at the wait descriptor that would have waited
+        for the lost completion: the wait is aborted (no status write, no interrupt), IQH moves
+        past it, FSTS.ITE and IQERCD.ITESID are set, a fault event is raised as for IQE, and
+        no descriptor is fetched until software clears ITE."""
+        sid, self.ite_sid = self.ite_sid or 0, None
+        log.debug("invalidation time-out error, SID %#x", sid)
+        fsts = self.regs["FSTS"]
+        self.regs["IQERCD"] = (self.regs["IQERCD"] & ~r.IQERCD.ITESID.mask) | \
+            r.IQERCD.ITESID.prep(sid)
+        self.regs["FSTS"] = fsts | r.FSTS.ITE.mask
+        if not fsts & r.FSTS_EVENT_MASK:
+            self._raise_event("FECTL")
+
+    def _execute(self, t: DescType, d: Any) -> bool:
+        if t is DescType.WAIT and self.ite_sid is not None:
+            self._time_out()
+            return True
         if t is DescType.CONTEXT_CACHE:
             self._invalidate_context(d.G, d.DID, d.SID, d.FM)
         elif t is DescType.IOTLB:
             self._iotlb_flush(d.G, d.DID, d.ADDR << 12, d.AM)
         elif t is DescType.DEVICE_TLB:
             start, size = vtd_devtlb_range(d.ADDR << 12, d.S)
-            self.env.atc_invalidate(d.SID, NO_PASID, start, size)
+            self._devtlb_invalidate(d.SID, NO_PASID, start, size)
         elif t is DescType.IEC:
             pass  # no interrupt remapping table is cached
         elif t is DescType.WAIT:
@@ -588,11 +616,12 @@ class VTd(IommuModel):
             self._invalidate_pasid_cache(d.G, d.DID, d.PASID)
         elif t is DescType.PASID_DEVICE_TLB:
             start, size = vtd_devtlb_range(d.ADDR << 12, d.S)
-            self.env.atc_invalidate(d.SID, NO_PASID if d.G else d.PASID, start, size)
+            self._devtlb_invalidate(d.SID, NO_PASID if d.G else d.PASID, start, size)
         elif t is DescType.PAGE_GROUP_RESPONSE:
             self._send_page_response(
                 d.RID, d.PASID if d.PP else None, d.PRGI, d.RC,
                 (d.PRIV0, d.PRIV1) if d.PDP else None)
+        return False
 
     def _wait(self, d: dsc.WaitDesc) -> None:
         """§6.5.2.8: everything before has completed (execution is in order and
@@ -738,8 +767,9 @@ class VTd(IommuModel):
 
     def _fsts_written(self, old: int, new: int) -> None:
         self._clear_ip_when_idle("FECTL", new & r.FSTS_EVENT_MASK)
-        if r.FSTS.IQE.get(old) and not r.FSTS.IQE.get(new):
-            self._run_queue()  # software fixed the descriptor at IQH: fetching resumes
+        if (r.FSTS.IQE.get(old) and not r.FSTS.IQE.get(new)) or (
+                r.FSTS.ITE.get(old) and not r.FSTS.ITE.get(new)):
+            self._run_queue()  # software fixed the descriptor or resubmitted: fetching resumes
 
     def _frcd_written(self, old: int, new: int) -> None:
         pending = any(r.FRCD_F.get(self.regs[reg.name]) for reg in r.FRCD_HI)

@@ -50,7 +50,8 @@ BUDGET = 1024
 _NARROW = struct.Struct("<2Q")
 _WIDE = struct.Struct("<4Q")
 
-Handler = Callable[[DescType, Any], None]
+Handler = Callable[[DescType, Any], bool]
+"""Executes one descriptor; True stops fetching after it (an invalidation time-out)."""
 
 
 def queue_bytes(iqa: int) -> int:
@@ -105,7 +106,9 @@ class InvalidationQueue:
             checked = descriptors.check(codec.unpack(raw), wide, self.support)
             if isinstance(checked, int):
                 return head, checked
-            execute(*checked)
+            stop = execute(*checked)
             head = (head + step) % size
+            if stop:
+                return head, None
         self.pending = head != tail
         return head, None

@@ -49,6 +49,7 @@ GERROR_CMDQ_ERR = 1 << 0
 Q_BASE_RWA = 1 << 62
 Q_OVF = 1 << 31
 CMDQ_CONS_ERR_SHIFT = 24
+CERROR_ILL, CERROR_ABT, CERROR_ATC_INV_SYNC = 1, 2, 3
 # CR1: inner/outer write-back, inner-shareable for queues and tables.
 CR1_WB_ISH = (1 << 0) | (1 << 2) | (3 << 4) | (1 << 6) | (1 << 8) | (3 << 10)
 
@@ -429,11 +430,13 @@ class SMMUv3Driver:
         return (await self.read(CMDQ_CONS) >> CMDQ_CONS_ERR_SHIFT) & 0x7F
 
     async def recover_cmdq(self) -> None:
-        """Linux arm_smmu_cmdq_skip_err: replace the bad command with a CMD_SYNC, then
-        acknowledge GERROR.CMDQ_ERR (consumption resumes)."""
+        """Linux arm_smmu_cmdq_skip_err: CERROR_ILL replaces the bad command with a CMD_SYNC;
+        CERROR_ABT (retry the fetch) and CERROR_ATC_INV_SYNC (re-run the CMD_SYNC at CONS)
+        leave it; then acknowledge GERROR.CMDQ_ERR (consumption resumes)."""
         cons = await self.read(CMDQ_CONS)
-        index = cons & ((1 << self.cmdq_log2) - 1)
-        self.ram.write(self.cmdq + 16 * index, cmd_sync())
+        if (cons >> CMDQ_CONS_ERR_SHIFT) & 0x7F == CERROR_ILL:
+            index = cons & ((1 << self.cmdq_log2) - 1)
+            self.ram.write(self.cmdq + 16 * index, cmd_sync())
         await self.write(GERRORN, await self.read(GERROR))
 
     # -- the stream table ---------------------------------------------------------------------------

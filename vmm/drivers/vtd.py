@@ -36,7 +36,7 @@ GCMD_TE, GCMD_SRTP, GCMD_QIE = 1 << 31, 1 << 30, 1 << 26
 GSTS_TES, GSTS_RTPS, GSTS_QIES = 1 << 31, 1 << 30, 1 << 26
 # One-shot status bits that must not be written back into GCMD (Linux: 0x96FFFFFF).
 GSTS_PERSISTENT = 0x96FF_FFFF
-FSTS_PFO, FSTS_PPF, FSTS_IQE = 1 << 0, 1 << 1, 1 << 4
+FSTS_PFO, FSTS_PPF, FSTS_IQE, FSTS_ITE = 1 << 0, 1 << 1, 1 << 4, 1 << 6
 ECAP_QI, ECAP_DT, ECAP_PASID = 1 << 1, 1 << 2, 1 << 40
 ECAP_SMTS, ECAP_VCS, ECAP_PRS = 1 << 43, 1 << 44, 1 << 29
 ECAP_NEST, ECAP_FSTS, ECAP_SSTS = 1 << 26, 1 << 47, 1 << 46
@@ -261,14 +261,14 @@ class VTdDriver:
 
     async def qi_sync(self, *descs: bytes) -> bool:
         """Submit ``descs`` and a status-writing wait descriptor; True once it completed
-        (Linux's qi_submit_sync, which also watches FSTS.IQE)."""
+        (Linux's qi_submit_sync, which also watches FSTS.IQE and FSTS.ITE)."""
         self.seq = (self.seq + 1) & 0xFFFF_FFFF or 1
         self.ram.write_u32(self.status, 0)
         await self.qi_submit(*descs, wait_desc(status=self.status, data=self.seq, sw=True))
         for _ in range(4):
             if self.ram.read_u32(self.status) == self.seq:
                 return True
-            if await self.read(FSTS) & FSTS_IQE:
+            if await self.read(FSTS) & (FSTS_IQE | FSTS_ITE):
                 return False
         return False
 

@@ -608,9 +608,7 @@ def _job(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def fuzz_protocol_jobs(args: argparse.Namespace) -> int:
-    import multiprocessing
-
-    from vmm.fuzz.cli import report
+    from vmm.fuzz.cli import report, run_specs
 
     jobs = max(1, args.jobs)
     specs = [{"runs": None if args.runs is None else args.runs // jobs + (i < args.runs % jobs),
@@ -619,9 +617,5 @@ def fuzz_protocol_jobs(args: argparse.Namespace) -> int:
              for i in range(jobs)]
     print(f"vmm fuzz: target protocol, live daemon ({', '.join(daemon_devices())}), "
           f"{jobs} job(s)", flush=True)
-    if jobs == 1:
-        results = [_job(specs[0])]
-    else:
-        with multiprocessing.get_context("fork").Pool(jobs) as pool:
-            results = pool.map(_job, specs)
-    return report("protocol", results)
+    results, wall = run_specs(_job, specs, jobs)
+    return report("protocol", results, wall)

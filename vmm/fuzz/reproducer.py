@@ -24,16 +24,20 @@ import hashlib
 import json
 import logging
 import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from protocols import trace as t
 from vmm.fuzz.minimize import replay_steps
 from vmm.fuzz.oracles import Failure
 from vmm.fuzz.program import Step
 from vmm.fuzz.targets import make_target, unavailable
 from vmm.fuzz.targets.base import ModelTarget
+from vmm.fuzz.world import World
+
+if TYPE_CHECKING:
+    from vmm.record import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -87,42 +91,33 @@ def record_trace(target: ModelTarget, steps: list[Step], path: Path) -> Path | N
     """Run ``steps`` once more with a trace recorder attached; the trace's path, or None."""
     try:
         from vmm.record import Recorder
-    except ImportError:
+    except ImportError:  # a tree without the recorder: the JSON alone reproduces
         return None
     try:
         recorder = Recorder(str(path), target.config, source="vmm fuzz")
     except OSError as exc:
         log.warning("cannot record %s: %s", path, exc)
         return None
+    world: World | None = None
     try:
-        failure, world = replay_steps(target, steps, recorder=recorder)
+        _, world = replay_steps(target, steps, recorder=recorder)
     finally:
+        _fill_crashed_request(recorder, world.last_message if world is not None else b"")
         recorder.close()
-    if failure is not None and failure.kind.startswith("exception:") and world.last_message:
-        _append_crashing_request(path, world.last_message)
     return path
 
 
-def _append_crashing_request(path: Path, message: bytes) -> None:
-    """The recorder leaves out a request that raised (it never got a reply).  Put it back as
-    a raw ``msg`` event with no reply, before the ``end`` line, so that ``vmm replay`` sends
-    it too and meets the same exception."""
-    from protocols import trace as t
-
-    lines = path.read_text().splitlines()
-    if not lines:
-        return
-    end = json.loads(lines[-1])
-    code, flags, size = struct.unpack_from("<III", message)
-    event = {"k": "msg", "code": code, "flags": flags, "size": size,
-             "payload": message[12:].hex(), "reply": ""}
-    if end.get("k") == "end":
-        end["events"] = int(end["events"]) + 1
-        lines = [*lines[:-1], t.encode_line(event).rstrip("\n"),
-                 t.encode_line(end).rstrip("\n")]
-    else:
-        lines.append(t.encode_line(event).rstrip("\n"))
-    path.write_text("\n".join(lines) + "\n")
+def _fill_crashed_request(recorder: Recorder, message: bytes) -> None:
+    """The recorder keeps a placeholder for each request until its reply comes; a request
+    that raised never gets one.  Fill it with the message and an empty reply, so that the
+    trace keeps the request in its place (before the memory reads it made) and ``vmm replay``
+    sends it too and meets the same exception."""
+    entries = recorder.entries
+    for i, entry in enumerate(entries):
+        if entry is None:
+            entries[i] = (t.REQ, message, (), (), b"", None)
+    if not message:
+        entries[:] = [e for e in entries if e is not None]
 
 
 def load(path: Path | str) -> Reproducer:

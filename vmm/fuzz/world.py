@@ -102,9 +102,9 @@ class FuzzSession(GuestSession):
         super().__init__(config, memory=self.observed, recorder=recorder)
         self.irq_log: list[tuple[int, int, int, int]] = []
 
-    def deliver_irq(self, device: int, vector: int, msi_address: int, msi_data: int) -> None:
+    def deliver_irq(self, device: int, vector: int, msi_address: int, msi_data: int) -> bool:
         self.irq_log.append((device, vector, msi_address, msi_data))
-        super().deliver_irq(device, vector, msi_address, msi_data)
+        return super().deliver_irq(device, vector, msi_address, msi_data)
 
 
 def mem_table_message(layout: list[tuple[int, int]]) -> tuple[bytes, list[int]]:

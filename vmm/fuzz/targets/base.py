@@ -92,6 +92,9 @@ class ModelTarget:
     model: ClassVar[str]
     """The model's key in ``vmm.config.MODELS``."""
     default_device: ClassVar[str]
+    variants: ClassVar[tuple[str, ...]] = ()
+    """Other ``--device`` option sets worth fuzzing (``vmm fuzz --variants``): widths, stages
+    and modes change which guest configurations the model accepts."""
     layout: ClassVar[list[tuple[int, int]]]
     data_pages: ClassVar[tuple[int, ...]]
     """Guest-physical pages DMA may land in (maps point there)."""

@@ -80,6 +80,7 @@ class PvIommuTarget(ModelTarget):
     name = "pv-iommu"
     model = "pv-iommu"
     default_device = "pv-iommu"
+    variants = (default_device, "pv-iommu,no-dma=on")
     layout: ClassVar[list[tuple[int, int]]] = [(0, 0x200000), (FAR, 0x10000)]
     data_pages = tuple(DATA + 0x1000 * i for i in range(32)) + (FAR,)
     iovas = (0x0, 0x1000, 0x10000, 0x1000_0000, DATA, FAR, 0x8000_0000_0000)

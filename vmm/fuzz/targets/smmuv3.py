@@ -167,6 +167,9 @@ class Smmuv3Target(ModelTarget):
     name = "smmuv3"
     model = "smmuv3"
     default_device = "smmuv3,ssidsize=8,stage=nested"
+    variants = (default_device, "smmuv3,stage=s1,ssidsize=8", "smmuv3,stage=s2",
+                "smmuv3,stage=nested,ssidsize=8,s1-mode=shadow",
+                "smmuv3,stage=nested,oas=52,ssidsize=20")
     layout: ClassVar[list[tuple[int, int]]] = [(0, 0x200000), (FAR, 0x10000)]
     data_pages = tuple(DATA + 0x1000 * i for i in range(32)) + (FAR, FAR + 0x1000)
     iovas = IOVAS

@@ -153,6 +153,9 @@ class VtdTarget(ModelTarget):
     model = "vtd"
     default_device = ("vtd,scalable-mode=on,pasid-bits=8,device-iotlb=on,pri=on,nesting=on,"
                       "vcmd=on,intremap=on,caching-mode=on")
+    variants = (default_device, "vtd", "vtd,aw-bits=39,caching-mode=on",
+                "vtd,scalable-mode=on,pasid-bits=8,aw-bits=57",
+                "vtd,scalable-mode=on,pasid-bits=20,device-iotlb=on,pri=on,nesting=on")
     layout: ClassVar[list[tuple[int, int]]] = [(0, 0x200000), (FAR, 0x10000)]
     data_pages = tuple(DATA + 0x1000 * i for i in range(32)) + (FAR, FAR + 0x1000)
     iovas = IOVAS
