@@ -107,8 +107,14 @@ def second_stage(unit: Unit, root: int, aw: int, *, ssee: bool = False, ad: bool
     levels = ctxmod.AW_LEVELS.get(aw)
     if levels is None or not unit.sagaw & (1 << aw):
         return None
-    return VtdSecondStage(root, levels, unit.aw_bits, sp_1g=unit.sp_1g, ssee=ssee, ad=ad,
+    return VtdSecondStage(root, levels, host_width(unit), sp_1g=unit.sp_1g, ssee=ssee, ad=ad,
                           snp=unit.snoop, input_bits=unit.aw_bits)
+
+
+def host_width(unit: Unit) -> int:
+    """HAW, the output address width of a walk: the unit's address width, but never more
+    than the 52 bits a physical address has (a 57-bit MGAW is about inputs)."""
+    return min(unit.aw_bits, 52)
 
 
 # -- legacy mode (§3.4.2) ----------------------------------------------------------------------
@@ -247,7 +253,7 @@ def _pasid_setup(pe: PasidEntry, fpd: bool, unit: Unit) -> Setup | FR:
         return FR.SM_PASID_INVALID
     if pe.FSPTPTR >> (unit.aw_bits - 12):
         return FR.SM_PASID_RESERVED
-    fs = X86FirstStage(pe.FSPTPTR << 12, 5 if pe.FSPM else 4, unit.aw_bits,
+    fs = X86FirstStage(pe.FSPTPTR << 12, 5 if pe.FSPM else 4, host_width(unit),
                        page_1g=unit.fs1gp, nxe=bool(pe.NXE), sre=bool(pe.SRE),
                        wpe=bool(pe.WPE), smep=bool(pe.SMEP))
     kind = Kind.NESTED if pgtt is Pgtt.NESTED else Kind.FIRST_STAGE
