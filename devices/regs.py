@@ -15,6 +15,7 @@ and its write is ignored.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -168,6 +169,13 @@ def check_layout(registers: Iterable[Register], window: int) -> list[str]:
     return problems
 
 
+@functools.lru_cache(maxsize=64)
+def _checked_layout(registers: tuple[Register, ...], window: int) -> tuple[str, ...]:
+    """``check_layout`` once per set of declarations: models are built per guest (and the
+    fuzzer builds thousands a second), the declarations are frozen, so the answer is too."""
+    return tuple(check_layout(registers, window))
+
+
 class RegisterFile:
     """The guest-visible state of a set of registers, and the one access rule.
 
@@ -178,7 +186,7 @@ class RegisterFile:
     __slots__ = ("registers", "window", "values", "on_write", "on_read", "_decode", "_by_name")
 
     def __init__(self, registers: Sequence[Register], window: int) -> None:
-        problems = check_layout(registers, window)
+        problems = _checked_layout(tuple(registers), window)
         if problems:
             raise ValueError("bad register declarations: " + "; ".join(problems))
         self.registers = tuple(registers)

@@ -35,7 +35,6 @@ from protocols import messages as m
 from protocols.messages import Request
 from protocols.session import Connection
 from vmm.config import DaemonConfig
-from vmm.fuzz import speedups
 from vmm.fuzz.observe import ObservedMemory, ScratchMemory
 from vmm.fuzz.oracles import (
     Failure,
@@ -75,7 +74,6 @@ _FUZZ_DIR = os.path.dirname(os.path.abspath(__file__))
 WATCHDOG_SECONDS = 10.0
 """A step still running after this long has hung: SIGALRM raises ``Hang`` inside it."""
 
-speedups.install()
 
 
 def _on_alarm(signum: int, frame: FrameType | None) -> None:
