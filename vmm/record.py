@@ -275,7 +275,13 @@ class RecordingConnection(Connection):
         # An MMIO request reaches one model: only its registers can have changed.
         tracked = recorder._by_device.get(payload[:4], recorder._tracked) \
             if code in _MMIO_CODES else recorder._tracked
-        reply = Connection._dispatch(self, payload)
+        try:
+            reply = Connection._dispatch(self, payload)
+        except BaseException:
+            # A bug escaped the model: keep the request (with no reply) so the trace ends at
+            # the request that raised and ``vmm replay`` raises there again.
+            entries[mark] = (t.REQ, message, kinds, late, b"", None)
+            raise
         delta = None
         for entry in tracked:
             now = [*entry.view]

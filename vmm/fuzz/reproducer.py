@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from protocols import trace as t
 from vmm.fuzz.minimize import replay_steps
 from vmm.fuzz.oracles import Failure
 from vmm.fuzz.program import Step
@@ -37,7 +36,7 @@ from vmm.fuzz.targets.base import ModelTarget
 from vmm.fuzz.world import World
 
 if TYPE_CHECKING:
-    from vmm.record import Recorder
+    pass
 
 log = logging.getLogger(__name__)
 
@@ -102,22 +101,8 @@ def record_trace(target: ModelTarget, steps: list[Step], path: Path) -> Path | N
     try:
         _, world = replay_steps(target, steps, recorder=recorder)
     finally:
-        _fill_crashed_request(recorder, world.last_message if world is not None else b"")
         recorder.close()
     return path
-
-
-def _fill_crashed_request(recorder: Recorder, message: bytes) -> None:
-    """The recorder keeps a placeholder for each request until its reply comes; a request
-    that raised never gets one.  Fill it with the message and an empty reply, so that the
-    trace keeps the request in its place (before the memory reads it made) and ``vmm replay``
-    sends it too and meets the same exception."""
-    entries = recorder.entries
-    for i, entry in enumerate(entries):
-        if entry is None:
-            entries[i] = (t.REQ, message, (), (), b"", None)
-    if not message:
-        entries[:] = [e for e in entries if e is not None]
 
 
 def load(path: Path | str) -> Reproducer:
