@@ -33,7 +33,6 @@ from vmm.fuzz.oracles import Failure
 from vmm.fuzz.program import Step
 from vmm.fuzz.targets import make_target, unavailable
 from vmm.fuzz.targets.base import ModelTarget
-from vmm.fuzz.world import World
 
 if TYPE_CHECKING:
     pass
@@ -97,9 +96,8 @@ def record_trace(target: ModelTarget, steps: list[Step], path: Path) -> Path | N
     except OSError as exc:
         log.warning("cannot record %s: %s", path, exc)
         return None
-    world: World | None = None
     try:
-        _, world = replay_steps(target, steps, recorder=recorder)
+        replay_steps(target, steps, recorder=recorder)
     finally:
         recorder.close()
     return path
