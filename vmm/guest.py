@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 _WRITE, _PRIV, _EXEC = int(m.DmaFlag.WRITE), int(m.DmaFlag.PRIVILEGED), int(m.DmaFlag.EXECUTE)
 _TCACHE_MAX = 65536
+_ROUTES_CACHED = 4096
 
 OFFERED_FEATURES = (m.Feature.BACKEND_CHANNEL | m.Feature.IRQ_FD | m.Feature.BATCH
                     | m.Feature.PAGE_REQUEST)
@@ -136,6 +137,8 @@ class GuestSession:
         self.pv_iommu = next(
             (slot.model for slot in self.slots.values() if slot.spec.model == "pv-iommu"), None)
         self._windows = {dev_id: slot.window for dev_id, slot in self.slots.items()}
+        # _route's answers: the owners and the ID map are fixed for the session's life.
+        self._routed: dict[tuple[int, int], tuple[IommuModel | None, int]] = {}
         self._models = {dev_id: slot.model for dev_id, slot in self.slots.items()}
 
     def close(self) -> None:
@@ -324,6 +327,16 @@ class GuestSession:
 
     def _route(self, segment: int, requester: int) -> tuple[IommuModel | None, int]:
         """The model owning a DMA source and the requester ID it sees (the vSID)."""
+        key = (segment, requester)
+        routed = self._routed.get(key)
+        if routed is None:
+            routed = self._find_route(segment, requester)
+            if len(self._routed) >= _ROUTES_CACHED:
+                self._routed.clear()
+            self._routed[key] = routed
+        return routed
+
+    def _find_route(self, segment: int, requester: int) -> tuple[IommuModel | None, int]:
         for lo, hi, model, vsid in self._routes.get(segment, ()):
             if lo <= requester <= hi:
                 return model, vsid + requester - lo
@@ -337,7 +350,7 @@ class GuestSession:
         return devid.physical(device, requester) or (segment, requester)
 
     def dma_owner(self, segment: int, requester: int) -> bool:
-        return self.owner(segment, requester) is not None
+        return self._route(segment, requester)[0] is not None
 
     @staticmethod
     def _fault(fault: DmaFault) -> FaultReply:
@@ -385,6 +398,19 @@ class GuestSession:
     ) -> bytes | FaultReply:
         model, requester = self._route(segment, requester)
         assert model is not None  # the connection checked dma_owner first
+        if data is None:
+            # A read inside one cached block (the usual DMA): what _pages would do with its
+            # one piece, without building the list.
+            hit = self.tcache.get((segment, requester, pasid, flags, iova >> 12))
+            if hit is not None:
+                gpa_base, hpa_base, size, _ = hit
+                offset = iova & (size - 1)
+                if offset + length <= size and hpa_base >= 0 and self.memory.contains(
+                        gpa_base + offset, length) and self.host.placement.contiguous(
+                        gpa_base + offset, length):
+                    chunk = self.host.host_memory.read(hpa_base + offset, length)
+                    assert chunk is not None  # checked just above
+                    return chunk
         pieces = self._pages(segment, model, requester, pasid, iova, length, flags)
         if isinstance(pieces, FaultReply):
             return pieces

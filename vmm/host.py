@@ -123,6 +123,16 @@ class Placement:
                 return gpa + (hpa - start)
         return hpa  # not an HPA this placement made; report it unchanged
 
+    def run(self, hpa: int, size: int) -> int | None:
+        """The GPA of ``[hpa, hpa+size)`` when it lies inside one placed region (one bisection:
+        HostMemory's common case), else None."""
+        i = bisect.bisect_right(self._hpa_starts, hpa) - 1
+        if i >= 0:
+            start, end, gpa = self._hpa_spans[i]
+            if hpa < end and hpa + size <= end:
+                return gpa + (hpa - start)
+        return None
+
     def contiguous(self, gpa: int, size: int) -> bool:
         """True when ``[gpa, gpa+size)`` is one run of HPA (inside one RAM region or none)."""
         i = bisect.bisect_right(self._gpa_starts, gpa) - 1
@@ -148,6 +158,9 @@ class HostMemory:
         return None if gpa == hpa and not self.placement.identity else gpa
 
     def read(self, hpa: int, length: int) -> bytes | None:
+        gpa = self.placement.run(hpa, length)
+        if gpa is not None:
+            return self.guest.read(gpa, length)
         gpa = self._gpa(hpa)
         if gpa is None or not self.placement.contiguous(gpa, length):
             return None

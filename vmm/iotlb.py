@@ -239,7 +239,16 @@ class Iotlb:
 
     def lookup(self, tag: Tag, iova: int) -> Entry | None:
         """The entry of ``tag`` covering ``iova``, or None on a miss."""
-        for shift, table in tag.maps:
+        maps = tag.maps
+        if maps:
+            # The smallest block size first, without starting a loop: usually the only one.
+            shift, table = maps[0]
+            entry = table.get(iova >> shift)
+            if entry is not None:
+                entry.hits += 1
+                return entry
+            maps = maps[1:]
+        for shift, table in maps:
             entry = table.get(iova >> shift)
             if entry is not None:
                 entry.hits += 1

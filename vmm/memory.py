@@ -46,7 +46,7 @@ class RegionError(Exception):
 
 
 class Region:
-    __slots__ = ("gpa", "size", "mmap_offset", "end", "mm")
+    __slots__ = ("gpa", "size", "mmap_offset", "end", "mm", "words")
 
     def __init__(self, spec: RegionSpec, mm: mmap.mmap) -> None:
         self.gpa = spec.gpa
@@ -54,8 +54,13 @@ class Region:
         self.mmap_offset = spec.mmap_offset
         self.end = spec.gpa + spec.size
         self.mm = mm
+        # (gpa, word count, the region as native u64 words) for the page walker's direct
+        # reads (GuestMemory.u64_span); the view is released before the mapping is closed.
+        words = memoryview(mm).cast("Q")
+        self.words = (spec.gpa, len(words), words)
 
     def close(self) -> None:
+        self.words[2].release()
         self.mm.close()
 
 
@@ -115,6 +120,10 @@ class SessionMemory(Protocol):
 
 class GuestMemory:
     """Guest-physical memory made of mapped regions, sorted by address."""
+
+    direct_words = True
+    """The walker may read table words straight from ``u64_span`` (devices/pagetable/walker.py);
+    declared on this class alone, so wrappers and subclasses are never read around."""
 
     __slots__ = ("_regions", "_starts", "_last", "generation")
 
@@ -261,6 +270,21 @@ class GuestMemory:
             region.mm[off : off + chunk] = view[done : done + chunk]
             done += chunk
         return True
+
+    def u64_span(self, gpa: int) -> tuple[int, int, memoryview] | None:
+        """(first gpa, length in u64 words, the words) of the region holding ``gpa``, or
+        None outside guest RAM.
+
+        The page walker reads table entries through this when the memory is exactly a
+        ``GuestMemory`` (devices/pagetable/walker.py): word ``i`` holds the same value
+        ``read_u64(first + 8 * i)`` returns, read without a call per entry.  Valid while
+        ``generation`` does not move.
+        """
+        last = self._last
+        if last is not None and last.gpa <= gpa < last.end:
+            return last.words
+        region = self._find(gpa)
+        return None if region is None else region.words
 
     def read_u32(self, gpa: int) -> int | None:
         # The region of the last access first, without a call: the queues' hot path.

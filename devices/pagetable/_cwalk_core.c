@@ -592,13 +592,14 @@ walk_from(struct cw_memory *m, struct walk_state *st, const uint32_t kind, uint6
 }
 
 /* The regime's own checks before the walk (each format's walk method): the tree to walk,
- * or 0 with the fault in r. */
-static inline int regime_start(const struct cw_regime *rg, uint64_t ia, uint32_t access,
-                               struct walk_state *st, struct res *r)
+ * or 0 with the fault in r.  kind is rg->kind; a constant where the caller knows it. */
+static inline __attribute__((always_inline)) int
+regime_start_kind(const struct cw_regime *rg, const uint32_t kind, uint64_t ia,
+                  uint32_t access, struct walk_state *st, struct res *r)
 {
     const struct cw_table *t = &rg->t[0];
 
-    switch (rg->kind) {
+    switch (kind) {
     case CW_ARM_S1: {
         /* ArmS1Config.walk: bit 55 chooses the half, tagged or not */
         unsigned upper = (unsigned)(ia >> 55) & 1;
@@ -659,6 +660,12 @@ static inline int regime_start(const struct cw_regime *rg, uint64_t ia, uint32_t
     st->acc_or = 0;
     st->h = (int)t->top;
     return 1;
+}
+
+static inline int regime_start(const struct cw_regime *rg, uint64_t ia, uint32_t access,
+                               struct walk_state *st, struct res *r)
+{
+    return regime_start_kind(rg, rg->kind, ia, access, st, r);
 }
 
 /* The rest of a started walk, by format: without stage 2 (the compiler drops the nested
@@ -842,9 +849,9 @@ static inline void store(const struct res *r, size_t i, uint64_t *oa, uint64_t *
 
 /* The end of a walk without stage 2 whose next entry is a clean leaf (prepare_table) in
  * the region reg: what walk_from would do, without its loop.  0 when it is not. */
-static inline int finish_clean_leaf(struct cw_memory *m, const struct cw_region *reg,
-                                    const struct walk_state *st, uint32_t kind, uint64_t ia,
-                                    uint32_t access, struct res *r)
+static inline __attribute__((always_inline)) int
+finish_clean_leaf(struct cw_memory *m, const struct cw_region *reg, const struct walk_state *st,
+                  uint32_t kind, uint64_t ia, uint32_t access, struct res *r)
 {
     const struct cw_table *t = st->t;
     const struct cw_level *lv = &t->lv[st->h];
@@ -958,10 +965,13 @@ static inline void descend_group(const struct cw_region *reg, struct walk_state 
     }
 }
 
-size_t cw_walk_batch(const struct cw_walker *w, struct cw_memory *mem, const uint64_t *ia,
-                     size_t n, uint32_t access_all, const uint8_t *access,
-                     uint64_t *oa, uint64_t *info, uint64_t *pte, uint64_t *pte_addr,
-                     uint64_t *ipa)
+/* cw_walk_batch for a regime of one kind (a constant: the compiler specialises the starts
+ * and finishes of each format), without stage 2. */
+static inline __attribute__((always_inline)) size_t
+walk_batch_kind(const struct cw_walker *w, const uint32_t kind, struct cw_memory *mem,
+                const uint64_t *ia, size_t n, uint32_t access_all, const uint8_t *access,
+                uint64_t *oa, uint64_t *info, uint64_t *pte, uint64_t *pte_addr,
+                uint64_t *ipa)
 {
     size_t i, j, ok = 0;
 
@@ -972,9 +982,13 @@ size_t cw_walk_batch(const struct cw_walker *w, struct cw_memory *mem, const uin
         int started[GROUP], may_write = 0;
         const struct cw_region *reg = &mem->regions[mem->last];
 
-        for (j = 0; j < g; j++)
-            may_write |= (access ? access[i + j] : access_all) != 0;
-        if (w->nested || (may_write && w->may_write)) {
+        if (access != NULL) {
+            for (j = 0; j < g; j++)
+                may_write |= access[i + j] != 0;
+        } else {
+            may_write = access_all != 0;
+        }
+        if (may_write && w->may_write) {
             for (j = 0; j < g; j++) {
                 walker_walk(w, mem, ia[i + j], access ? access[i + j] : access_all, &r[0]);
                 ok += r[0].kind == CW_OK;
@@ -983,17 +997,56 @@ size_t cw_walk_batch(const struct cw_walker *w, struct cw_memory *mem, const uin
             continue;
         }
         for (j = 0; j < g; j++)
-            started[j] = regime_start(&w->s1, ia[i + j], access ? access[i + j] : access_all,
-                                      &st[j], &r[j]);
+            started[j] = regime_start_kind(&w->s1, kind, ia[i + j],
+                                           access ? access[i + j] : access_all, &st[j], &r[j]);
         descend_group(reg, &st[0], started, ia + i, g);
         for (j = 0; j < g; j++) {
             uint32_t a = access ? access[i + j] : access_all;
-            if (started[j] && !finish_clean_leaf(mem, reg, &st[j], w->s1.kind, ia[i + j], a,
-                                                 &r[j]))
+            if (started[j]) {
+                /* A result of its own, stored at once: the compiler keeps it in registers. */
+                struct res leaf;
+                if (finish_clean_leaf(mem, reg, &st[j], kind, ia[i + j], a, &leaf)) {
+                    ok += leaf.kind == CW_OK;
+                    store(&leaf, i + j, oa, info, pte, pte_addr, ipa);
+                    continue;
+                }
                 regime_finish(mem, &w->s1, &st[j], ia[i + j], a, &r[j]);
+            }
             ok += r[j].kind == CW_OK;
             store(&r[j], i + j, oa, info, pte, pte_addr, ipa);
         }
     }
     return ok;
+}
+
+size_t cw_walk_batch(const struct cw_walker *w, struct cw_memory *mem, const uint64_t *ia,
+                     size_t n, uint32_t access_all, const uint8_t *access,
+                     uint64_t *oa, uint64_t *info, uint64_t *pte, uint64_t *pte_addr,
+                     uint64_t *ipa)
+{
+    size_t i, ok = 0;
+    struct res r;
+
+    if (w->nested) {
+        for (i = 0; i < n; i++) {
+            walker_walk(w, mem, ia[i], access ? access[i] : access_all, &r);
+            ok += r.kind == CW_OK;
+            store(&r, i, oa, info, pte, pte_addr, ipa);
+        }
+        return ok;
+    }
+    switch (w->s1.kind) {
+    case CW_ARM_S1:
+        return walk_batch_kind(w, CW_ARM_S1, mem, ia, n, access_all, access, oa, info, pte,
+                               pte_addr, ipa);
+    case CW_ARM_S2:
+        return walk_batch_kind(w, CW_ARM_S2, mem, ia, n, access_all, access, oa, info, pte,
+                               pte_addr, ipa);
+    case CW_X86:
+        return walk_batch_kind(w, CW_X86, mem, ia, n, access_all, access, oa, info, pte,
+                               pte_addr, ipa);
+    default:
+        return walk_batch_kind(w, CW_VTDSS, mem, ia, n, access_all, access, oa, info, pte,
+                               pte_addr, ipa);
+    }
 }

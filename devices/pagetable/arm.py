@@ -214,7 +214,7 @@ def s1_perms(ap: int, xn: int, table: int, clean: bool) -> tuple[int, int]:
 class ArmS1Table(ArmFormat):
     """One stage-1 half (TTB0 or TTB1) with its CD controls."""
 
-    __slots__ = ("table_key_mask", "dbm_key_mask", "perm_table", "ha", "hd")
+    __slots__ = ("table_key_mask", "dbm_key_mask", "perm_table", "ha", "hd", "leaf_consts")
 
     def __init__(self, root: int, granule: int = 4096, tsz: int = 16, oas: int = 48, *,
                  had: bool = False, ha: bool = False, hd: bool = False) -> None:
@@ -230,6 +230,10 @@ class ArmS1Table(ArmFormat):
         )
         self.ha = ha
         self.hd = hd
+        # Per height, what finish needs of a leaf there: (size, offset mask, address mask,
+        # level), one lookup on the hot path.
+        self.leaf_consts = tuple((size, size - 1, self.leaf_addr_masks[h], 3 - h)
+                                 for h, size in enumerate(self.sizes))
 
     @classmethod
     def decode(cls, root: int, tg: int, tsz: int, ips: int, *, upper: bool = False,
@@ -248,7 +252,6 @@ class ArmS1Table(ArmFormat):
         self, mem: MemoryPort, ia: int, pte: int, pte_addr: int, pa: int, h: int,
         acc_and: int, acc_or: int, access: int,
     ) -> Translation | Fault:
-        size = self.sizes[h]
         new = pte
         if not pte & AF:
             if not self.ha:
@@ -262,18 +265,21 @@ class ArmS1Table(ArmFormat):
             | ((pte >> 43) & self.dbm_key_mask)
         ]
         perm = priv if access & ACCESS_PRIV else user
-        if access & PERM_MASK & ~perm:
-            return permission_fault(self, h, pte_addr, pte)
-        if access & ACCESS_W and pte & AP_2 and self.hd and pte & DBM:
-            new &= ~AP_2  # hardware dirty-state update
-        if new != pte:
-            failed = update_leaf(self, mem, pa, new, h, pte_addr, pte)
-            if failed is not None:
-                return failed
-        attrs = (ATTR_NG if pte & NG else 0) | (ATTR_ACCESSED if new & AF else 0) | \
-            (ATTR_DIRTY if pte & DBM and not new & AP_2 else 0)
-        return tuple_new(Translation, ((pte & self.leaf_addr_masks[h]) | (ia & (size - 1)),
-                                       size, 3 - h, perm, priv, user, attrs, pte, pte_addr))
+        if access:
+            if access & PERM_MASK & ~perm:
+                return permission_fault(self, h, pte_addr, pte)
+            if access & ACCESS_W and pte & AP_2 and self.hd and pte & DBM:
+                new &= ~AP_2  # hardware dirty-state update
+            if new != pte:
+                failed = update_leaf(self, mem, pa, new, h, pte_addr, pte)
+                if failed is not None:
+                    return failed
+        attrs = (ATTR_NG if pte & NG else 0) | (ATTR_ACCESSED if new & AF else 0)
+        if pte & DBM and not new & AP_2:
+            attrs |= ATTR_DIRTY
+        size, offset_mask, addr_mask, level = self.leaf_consts[h]
+        return tuple_new(Translation, ((pte & addr_mask) | (ia & offset_mask), size, level,
+                                       perm, priv, user, attrs, pte, pte_addr))
 
 
 _TAG_KEEP = (1 << 56) - 1
@@ -282,7 +288,7 @@ _TAG_KEEP = (1 << 56) - 1
 class ArmS1Config:
     """A stage-1 regime: both TTB halves (None where EPDx = 1) and TBI."""
 
-    __slots__ = ("halves", "tag_masks", "expect", "stage")
+    __slots__ = ("halves", "tag_masks", "expect", "stage", "_starts")
 
     def __init__(self, ttb0: ArmS1Table | None = None, ttb1: ArmS1Table | None = None, *,
                  tbi0: bool = False, tbi1: bool = False) -> None:
@@ -293,18 +299,25 @@ class ArmS1Config:
         # Bits [top:IA] must equal the half's select bit: 0 for TTB0, all ones for TTB1.
         top1 = 56 if tbi1 else 64
         self.expect = (0, (1 << (top1 - ttb1.ia_bits)) - 1 if ttb1 is not None else 0)
+        # Per half, what walk checks, in one lookup: (table, tag mask, input bits, expected
+        # top bits, root or -1 when the root lies beyond the output size).
+        self._starts = tuple(
+            None if t is None else
+            (t, self.tag_masks[i], t.ia_bits, self.expect[i],
+             -1 if t.root & t.root_limit else t.root)
+            for i, t in enumerate(self.halves))
 
     def walk(self, mem: MemoryPort, ia: int, access: int,
              s2: Walker | None = None) -> Translation | Fault:
-        upper = (ia >> 55) & 1  # the half is chosen by bit 55, tagged or not
-        t = self.halves[upper]
-        if t is None:
+        start = self._starts[(ia >> 55) & 1]  # the half is chosen by bit 55, tagged or not
+        if start is None:
             return Fault(FaultKind.TRANSLATION, Reason.TTB_DISABLED, 1, None, None)
-        if (ia & self.tag_masks[upper]) >> t.ia_bits != self.expect[upper]:
+        t, tag_mask, ia_bits, expect, root = start
+        if (ia & tag_mask) >> ia_bits != expect:
             return Fault(FaultKind.TRANSLATION, Reason.INPUT_RANGE, 1, None, None)
-        if t.root & t.root_limit:
+        if root < 0:
             return t.root_fault()
-        return walk_tables(t, mem, ia, t.root, access, s2)
+        return walk_tables(t, mem, ia, root, access, s2)
 
 
 class ArmS2Config(ArmFormat):

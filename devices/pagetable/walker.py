@@ -32,6 +32,7 @@ Guest-caused problems are returned as ``Fault`` values, never raised (DESIGN.md 
 from __future__ import annotations
 
 import enum
+import sys
 from typing import NamedTuple, Protocol
 
 from devices.model import FaultKind, MemoryPort, Perm
@@ -177,7 +178,7 @@ class TableFormat:
         "stage", "top", "shifts", "index_masks", "type_masks", "table_types", "leaf_types",
         "present_mask", "bad_type_reason", "table_addr_mask", "leaf_addr_masks",
         "rsvd_table", "rsvd_leaf", "oa_limit_mask", "level_names", "table_set", "steps",
-        "access_steps",
+        "access_steps", "word_steps", "access_word_steps",
     )
 
     stage: int
@@ -203,6 +204,11 @@ class TableFormat:
     lookup (no hardware updates)."""
     access_steps: tuple[tuple[int, int, int, int, int, int, int, int, int, int], ...]
     """The same for a request, whose walk sets ``table_set`` in the tables it uses."""
+    word_steps: tuple[tuple[int, int, int, int, int, int, int], ...] | None
+    """For the direct walk over plain guest memory (``walk_tables``): (h, shift, index mask,
+    clean mask, clean value, leaf mask, leaf value) per level, top first; None when the
+    table addresses are not 8-byte aligned."""
+    access_word_steps: tuple[tuple[int, int, int, int, int, int, int], ...] | None
 
     def prepare(self) -> None:
         """Derive ``steps`` once the per-level tuples are set (end of every constructor):
@@ -214,6 +220,25 @@ class TableFormat:
         self.steps = tuple(self._step(h, 0) for h in range(self.top, -1, -1))
         self.access_steps = tuple(self._step(h, self.table_set)
                                   for h in range(self.top, -1, -1))
+        self.word_steps = self.access_word_steps = None
+        if not self.table_addr_mask & 7:
+            self.word_steps = tuple(step[:5] + self._clean_leaf(step[0])
+                                    for step in self.steps)
+            self.access_word_steps = tuple(step[:5] + self._clean_leaf(step[0])
+                                           for step in self.access_steps)
+
+    def _clean_leaf(self, h: int) -> tuple[int, int]:
+        """(mask, value): ``pte & mask == value`` picks out a *clean leaf*, one that passes
+        every check of the loop before ``finish`` (present, of leaf type and not of table
+        type, no bad bit); where that cannot be told by one test, nothing matches."""
+        leaf_bad = self.rsvd_leaf[h] | self.oa_limit_mask
+        mask = self.present_mask | self.type_masks[h] | leaf_bad
+        value = self.present_mask | self.leaf_types[h]
+        if (self.leaf_types[h] < 0 or not self.present_mask
+                or self.leaf_types[h] == self.table_types[h]
+                or value & self.type_masks[h] != self.leaf_types[h] or value & leaf_bad):
+            return 0, 1
+        return mask, value
 
     def _step(self, h: int, table_set: int) -> tuple[int, int, int, int, int, int, int, int,
                                                          int, int]:
@@ -256,6 +281,37 @@ def walk_tables(
     address is an IPA translated by ``s2`` before it is read (nested translation); a fault
     there comes back as a stage-2 fault with ``s1ptw`` set.
     """
+    if s2 is None and type(mem).__dict__.get("direct_words") and _NATIVE_LE and not table & 7:
+        # Plain guest memory (a class that itself declares ``direct_words``, so never a
+        # recording, replaying or observing wrapper, nor a subclass: they must see every read
+        # through read_u64): clean entries of the
+        # root table's region are read straight from its mapping as u64 words, the values
+        # read_u64 gives.  Anything else (an entry outside that region, a fault, an entry
+        # hardware must update) walks again below, reading every entry through read_u64;
+        # nothing has been written by then, so it decides exactly as if it had been first.
+        span = mem.u64_span(table)  # type: ignore[attr-defined]
+        steps = fmt.access_word_steps if access else fmt.word_steps
+        if span is not None and steps is not None:
+            lo, n, words = span
+            tw = (table - lo) >> 3  # word index of the table (may lie outside the region)
+            acc_and = U64
+            acc_or = 0
+            table_addr_mask = fmt.table_addr_mask
+            for h, shift, index_mask, clean_mask, clean_value, leaf_mask, leaf_value in steps:
+                i = tw + ((ia >> shift) & index_mask)
+                if not 0 <= i < n:
+                    break
+                entry: int = words[i]
+                if entry & clean_mask == clean_value:
+                    acc_and &= entry
+                    acc_or |= entry
+                    tw = ((entry & table_addr_mask) - lo) >> 3
+                    continue
+                if entry & leaf_mask == leaf_value:
+                    pte_addr = lo + (i << 3)
+                    return fmt.finish(mem, ia, entry, pte_addr, pte_addr, h, acc_and, acc_or,
+                                      access)
+                break
     read = mem.read_u64
     present = fmt.present_mask
     table_addr_mask = fmt.table_addr_mask
@@ -308,6 +364,9 @@ def walk_tables(
             pa = -1  # stage 2 forbids hardware updates of this leaf (see update_leaf)
         return fmt.finish(mem, ia, pte, pte_addr, pa, h, acc_and, acc_or, access)
     return Fault(FaultKind.TRANSLATION, fmt.bad_type_reason, fmt.stage, None, None)
+
+
+_NATIVE_LE = sys.byteorder == "little"  # native u64 words of a mapping are the entries
 
 
 def bad_entry(fmt: TableFormat, pte: int, h: int, pte_addr: int, rsvd: int) -> Fault:
