@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from devices.model import DmaRequest, DmaTarget, Env, FaultKind
 from devices.pagetable import ACCESS_PRIV, ACCESS_R, ACCESS_W, ACCESS_X, Fault
 from devices.pagetable.arm import ArmS2Config
+from devices.pagetable.fast import FastWalker
 from devices.pagetable.walker import ATTR_NG
 
 from .caps import Caps
@@ -98,9 +99,12 @@ def access_of(req: DmaRequest) -> int:
 
 
 def s2_fill(walker: ArmS2Config, env: Env) -> Callable[[int, int], tuple[int, int, int] | Fault]:
-    """A host stage-2 miss handler walking the guest's stage-2 tables."""
+    """A host stage-2 miss handler walking the guest's stage-2 tables (through the C
+    walker where it can, ``devices.pagetable.fast``: same results)."""
+    fast = FastWalker(walker)
+
     def fill(ipa: int, access: int) -> tuple[int, int, int] | Fault:
-        t = walker.walk(env.memory, ipa, access)
+        t = fast.walk(env.memory, ipa, access)
         if isinstance(t, Fault):
             return t
         return t.oa & ~(t.size - 1), t.size, t.perm
@@ -181,12 +185,19 @@ def shadow_fill(cd: Cd, s2: ArmS2Config | None, env: Env,
     the flattened block (shadow s1-mode).  The combination is ``devices.pagetable.Nested``'s
     (faults keep their stage, a stage-2 fault on the output carries its IPA, permissions
     AND); the block size follows the host's rule for the stage-2 block it would have
-    walked in nested s1-mode (``uniform_block``), so both modes answer the same sizes."""
+    walked in nested s1-mode (``uniform_block``), so both modes answer the same sizes.
+
+    The walkers go through ``FastWalker`` (C where it can, same results), built once per
+    fill.  Without stage 2 the stage-1 walk is wholly C; with it, stage 1 walks in Python
+    and each of its table reads and its output go through the C stage 2 (a C ``Nested``
+    walk would give only the combined block, and the size rule needs the stage-2 one)."""
     s1 = cd.walker
+    fs2 = None if s2 is None else FastWalker(s2)
+    fs1 = FastWalker(s1) if s2 is None else None
 
     def fill(iova: int, access: int) -> tuple[int, int, int] | Fault:
         mem = env.memory
-        t1 = s1.walk(mem, iova, access, s2)
+        t1 = fs1.walk(mem, iova, access) if fs1 is not None else s1.walk(mem, iova, access, fs2)
         if isinstance(t1, Fault):
             return t1
         ranges = ram_ranges(env)
@@ -194,7 +205,8 @@ def shadow_fill(cd: Cd, s2: ArmS2Config | None, env: Env,
             oa, perm = t1.oa, t1.perm
             size = min(t1.size, uniform_block(ranges, oa))
         else:
-            t2 = s2.walk(mem, t1.oa, access)
+            assert fs2 is not None
+            t2 = fs2.walk(mem, t1.oa, access)
             if isinstance(t2, Fault):
                 return t2._replace(ipa=t1.oa)
             oa, perm = t2.oa, t1.perm & t2.perm

@@ -42,6 +42,7 @@ from devices.pagetable import (
     VtdSecondStage,
     X86FirstStage,
 )
+from devices.pagetable.fast import FastWalker
 
 from .lookup import Kind, Setup
 
@@ -83,7 +84,8 @@ class HostDomain:
     pasid: int | None = None
     """SHADOW: the (effective) PASID whose first stage it flattens."""
     walker: Any = None
-    """SECOND_STAGE: the guest second stage; SHADOW: the first stage (or nested) walker."""
+    """SECOND_STAGE: the guest second stage; SHADOW: the first stage (or nested) walker;
+    each as a ``FastWalker`` (C where it can, the same results; ``.walker`` the walker)."""
     privileged: bool = False
     bound: dict[int, tuple[Any, int]] = field(default_factory=dict)
     """PASID → (first-stage key, source-id that asked) of the stage-1 bindings here."""
@@ -140,12 +142,13 @@ class HostMap:
     def _second_stage(self, did: int, ss: VtdSecondStage) -> HostDomain:
         def make() -> HostDomain:
             mem = self._memory
+            fast = FastWalker(ss)
 
             def fill(iova: int, access: int) -> tuple[int, int, int] | Fault | None:
-                return _flatten(ss.walk(mem(), iova, 0), iova)
+                return _flatten(fast.walk(mem(), iova, 0), iova)
 
             return HostDomain(self.host.alloc_context(fill=fill), Role.SECOND_STAGE, did,
-                              walker=ss)
+                              walker=fast)
         return self._domain(("ss", did, ss_key(ss)), make)
 
     def _shadow(self, setup: Setup, pasid: int, privileged: bool) -> HostDomain:
@@ -158,12 +161,13 @@ class HostMap:
         def make() -> HostDomain:
             mem = self._memory
             priv = ACCESS_PRIV if privileged else 0
+            fast = FastWalker(walker)  # Nested(X86FirstStage, VtdSecondStage) included
 
             def fill(iova: int, access: int) -> tuple[int, int, int] | Fault | None:
-                return _flatten(walker.walk(mem(), iova, access | priv), iova)
+                return _flatten(fast.walk(mem(), iova, access | priv), iova)
 
             return HostDomain(self.host.alloc_context(fill=fill), Role.SHADOW, setup.did,
-                              pasid=pasid, walker=walker, privileged=privileged)
+                              pasid=pasid, walker=fast, privileged=privileged)
         return self._domain(key, make)
 
     # -- translation ---------------------------------------------------------------------------
