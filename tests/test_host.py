@@ -173,3 +173,33 @@ def test_identity_context_refuses_addresses_no_gpa_can_have() -> None:
         assert isinstance(f, Fault) and f.kind == FaultKind.ADDRESS_SIZE and f.stage == 2
     ctx = host.alloc_context()
     assert host.map(ctx, 0, 1 << 52, 0x1000, int(Perm.R)) == -errno.EINVAL
+
+
+def test_pasid_allocator_is_lowest_free_and_bounded() -> None:
+    from vmm.host import HostCaps
+
+    host = HostIOMMU(anonymous_memory(RAM), caps=HostCaps(pasid_bits=4))
+    got = [host.alloc_pasid() for _ in range(16)]
+    assert got == [*range(1, 16), None]  # PASID 0 is never handed out
+    assert host.free_pasid(9) and host.free_pasid(3) and not host.free_pasid(3)
+    assert [host.alloc_pasid(), host.alloc_pasid(), host.alloc_pasid()] == [3, 9, None]
+
+
+def test_shadow_blocks_are_a_bounded_cache(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import vmm.host as hostmod
+
+    monkeypatch.setattr(hostmod, "MAX_FILLED", 8)
+    host, _ = setup()
+    fills = []
+
+    def fill(ipa: int, access: int):  # type: ignore[no-untyped-def]
+        fills.append(ipa)
+        return (0x4000_0000 + (ipa & 0x7F_F000), 0x1000, int(Perm.R))
+
+    ctx = host.alloc_context(fill=fill)
+    for i in range(20):
+        assert isinstance(host.translate(ctx, None, i * 0x1000, ACCESS_R), DmaTarget)
+    assert host.contexts[ctx].s2.filled <= 8  # the guest cannot grow it without bound
+    host.invalidate(ctx)
+    t = host.translate(ctx, None, 0x1000, ACCESS_R)  # forgotten, filled again, same answer
+    assert isinstance(t, DmaTarget) and t.gpa == 0x4000_1000 and fills[-1] == 0x1000

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import errno as E
+import heapq
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 PAGE = 4096
 _GPA_BITS = 52  # protocol.md: guest-physical addresses are below 2^52
 NO_RAM = 1 << 62
+MAX_FILLED = 1 << 16
+"""Shadow blocks one context keeps before it starts again empty (memory per guest is bounded)."""
 """Set in an HPA that stands for a GPA outside guest RAM."""
 _GIB = 1 << 30
 RWX = int(Perm.R | Perm.W | Perm.X)
@@ -211,6 +214,7 @@ class ContextStage2:
         self.blocks: dict[int, dict[int, tuple[int, int, bool]]] = {}
         self.shifts: tuple[int, ...] = ()
         self.mapped_bytes = 0
+        self.filled = 0  # blocks installed by ``fill``: a cache, bounded by MAX_FILLED
 
     # -- mappings ----------------------------------------------------------------------------
 
@@ -230,6 +234,7 @@ class ContextStage2:
             self.shifts = tuple(sorted(self.blocks, reverse=True))
         table[ipa >> shift] = (gpa, perms, filled)
         self.mapped_bytes += size
+        self.filled += filled
 
     def remove_range(self, start: int, size: int, *, filled_only: bool) -> int:
         """Drop blocks overlapping ``[start, start+size)``; bytes removed.  Bounded by the
@@ -245,7 +250,9 @@ class ContextStage2:
             else:
                 keys = [k for k in table if first <= k <= last]
             for key in keys:
-                if filled_only and not table[key][2]:
+                if table[key][2]:
+                    self.filled -= 1
+                elif filled_only:
                     continue
                 del table[key]
                 removed += span
@@ -293,6 +300,10 @@ class ContextStage2:
             size = PAGE
             gpa &= ~(PAGE - 1)
         base = ia & ~(size - 1)
+        if self.filled >= MAX_FILLED:
+            # A shadow is a cache of what the owner's tables say: forget it rather than grow
+            # without bound with the guest's mappings (every block can be filled again).
+            self.remove_range(0, 1 << 64, filled_only=True)
         self.remove_range(base, size, filled_only=False)
         self.add(base, gpa & ~(size - 1), size, perms & RWX, True)
         if perm_access & ~perms:
@@ -337,6 +348,8 @@ class HostIOMMU:
         self.contexts: dict[int, Context] = {}
         self.devices: dict[tuple[int, int], int] = {}
         self.pasids: set[int] = set()
+        self._free_pasids: list[int] = []  # a heap of PASIDs freed below the high-water mark
+        self._pasid_top = 0
         self._next_ctx = 1
         self.contexts[0] = Context(0, ContextStage2(self, identity=True, fill=None))
         self.contexts[0].s2.blocked = no_dma
@@ -505,19 +518,23 @@ class HostIOMMU:
     # -- PASIDs and stage-1 bindings ---------------------------------------------------------
 
     def alloc_pasid(self) -> int | None:
-        for pasid in range(1, 1 << self.caps.pasid_bits):
-            if pasid not in self.pasids:
-                self.pasids.add(pasid)
-                return pasid
-            if len(self.pasids) >= (1 << self.caps.pasid_bits) - 1:
-                break
-        return None
+        """The lowest free PASID ≥ 1, in O(log n) whatever the guest allocated and freed."""
+        if self._free_pasids:
+            pasid = heapq.heappop(self._free_pasids)
+        elif self._pasid_top < (1 << self.caps.pasid_bits) - 1:
+            self._pasid_top += 1
+            pasid = self._pasid_top
+        else:
+            return None
+        self.pasids.add(pasid)
+        return pasid
 
     def free_pasid(self, pasid: int) -> bool:
-        if pasid in self.pasids:
-            self.pasids.remove(pasid)
-            return True
-        return False
+        if pasid not in self.pasids:
+            return False
+        self.pasids.remove(pasid)
+        heapq.heappush(self._free_pasids, pasid)
+        return True
 
     def bind_stage1(self, ctx: int, pasid: int | None, walker: Stage1Walker,
                     asid: int = 0) -> None:
