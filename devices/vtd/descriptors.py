@@ -177,10 +177,15 @@ class PasidIotlbInv(NamedTuple):
     AM: int
 
 
+def _pasid_did_g_low() -> Any:
+    """The low word both PASID-based invalidations share: PASID, DID and granularity."""
+    return _low((c.Padding(12), "PASID" / c.BitsInteger(20), "DID" / c.BitsInteger(16),
+                 c.Padding(4)),
+                (c.Padding(3), "G" / c.BitsInteger(2)))
+
+
 PASID_IOTLB_INV = Layout("PASID-based IOTLB invalidate", [
-    _low((c.Padding(12), "PASID" / c.BitsInteger(20), "DID" / c.BitsInteger(16),
-          c.Padding(4)),
-         (c.Padding(3), "G" / c.BitsInteger(2))),
+    _pasid_did_g_low(),
     qword("ADDR" / c.BitsInteger(52), c.Padding(5), "IH" / c.Flag, "AM" / c.BitsInteger(6)),
     reserved_word(),
     reserved_word(),
@@ -198,9 +203,7 @@ class PasidCacheInv(NamedTuple):
 
 
 PASID_CACHE_INV = Layout("PASID-cache invalidate", [
-    _low((c.Padding(12), "PASID" / c.BitsInteger(20), "DID" / c.BitsInteger(16),
-          c.Padding(4)),
-         (c.Padding(3), "G" / c.BitsInteger(2))),
+    _pasid_did_g_low(),
     reserved_word(),
     reserved_word(),
     reserved_word(),

@@ -17,6 +17,8 @@ event or status type the model produced.
 
 from __future__ import annotations
 
+from typing import Any
+
 from protocols.messages import RegionSpec
 from vmm.fuzz.oracles import WorkExceeded
 from vmm.memory import GuestMemory
@@ -83,77 +85,55 @@ class ObservedMemory:
         if features is not None:
             features.add(hash(("w", length)))
 
-    def read(self, gpa: int, length: int) -> bytes | None:
+    def _step(self) -> None:
+        """Count one access against the step's work bound."""
         self.accesses += 1
         if self.accesses > self.limit:
             raise WorkExceeded
+
+    def _read(self, op: str, gpa: int, length: int, *args: int) -> Any:
+        self._step()
         try:
-            return self.raw.read(gpa, length)
+            return getattr(self.raw, op)(gpa, *args)
         except Exception as exc:
-            self._violate("read", gpa, length, exc)
+            self._violate(op, gpa, length, exc)
             return None
 
-    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> bool:
-        self.accesses += 1
-        if self.accesses > self.limit:
-            raise WorkExceeded
+    def _write(self, op: str, gpa: int, length: int, arg: Any) -> bool:
+        self._step()
         try:
-            done = self.raw.write(gpa, data)
+            done: bool = getattr(self.raw, op)(gpa, arg)
         except Exception as exc:
-            self._violate("write", gpa, len(data), exc)
+            self._violate(op, gpa, length, exc)
             return False
         if done:
-            self._wrote(gpa, len(data))
-            features = self.features
-            if features is not None and len(data) >= 16:
-                features.add(hash(("record", len(data), data[0])))
+            self._wrote(gpa, length)
+        return done
+
+    def read(self, gpa: int, length: int) -> bytes | None:
+        data: bytes | None = self._read("read", gpa, length, length)
+        return data
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> bool:
+        done = self._write("write", gpa, len(data), data)
+        features = self.features
+        if done and features is not None and len(data) >= 16:
+            features.add(hash(("record", len(data), data[0])))
         return done
 
     def read_u32(self, gpa: int) -> int | None:
-        self.accesses += 1
-        if self.accesses > self.limit:
-            raise WorkExceeded
-        try:
-            return self.raw.read_u32(gpa)
-        except Exception as exc:
-            self._violate("read_u32", gpa, 4, exc)
-            return None
+        value: int | None = self._read("read_u32", gpa, 4)
+        return value
 
     def read_u64(self, gpa: int) -> int | None:
-        self.accesses += 1
-        if self.accesses > self.limit:
-            raise WorkExceeded
-        try:
-            return self.raw.read_u64(gpa)
-        except Exception as exc:
-            self._violate("read_u64", gpa, 8, exc)
-            return None
+        value: int | None = self._read("read_u64", gpa, 8)
+        return value
 
     def write_u32(self, gpa: int, value: int) -> bool:
-        self.accesses += 1
-        if self.accesses > self.limit:
-            raise WorkExceeded
-        try:
-            done = self.raw.write_u32(gpa, value)
-        except Exception as exc:
-            self._violate("write_u32", gpa, 4, exc)
-            return False
-        if done:
-            self._wrote(gpa, 4)
-        return done
+        return self._write("write_u32", gpa, 4, value)
 
     def write_u64(self, gpa: int, value: int) -> bool:
-        self.accesses += 1
-        if self.accesses > self.limit:
-            raise WorkExceeded
-        try:
-            done = self.raw.write_u64(gpa, value)
-        except Exception as exc:
-            self._violate("write_u64", gpa, 8, exc)
-            return False
-        if done:
-            self._wrote(gpa, 8)
-        return done
+        return self._write("write_u64", gpa, 8, value)
 
 
 class ScratchMemory:
