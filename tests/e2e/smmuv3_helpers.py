@@ -17,9 +17,7 @@ from pathlib import Path
 import trio
 
 from protocols import messages as m
-from vmm.cli import bind_listener
-from vmm.config import DaemonConfig, build_devices
-from vmm.daemon import serve_listener
+from tests.e2e.attach import attach_guest
 from vmm.drivers.smmuv3 import SMMUv3Driver
 from vmm.harness import BackendChannelReader, BackendEvent, Client, Fault, GuestRam
 
@@ -72,19 +70,9 @@ async def smmu_guest(tmp_path: Path, nursery: trio.Nursery, *options: str,
     """A daemon with ``smmuv3,<options>``, a connected guest with RAM and a back-end channel,
     and the driver (probed unless ``probe=False``; ``driver`` are SMMUv3Driver options)."""
     async with AsyncExitStack() as stack:
-        path = str(tmp_path / f"smmu{id(stack)}.sock")
-        listener = bind_listener(path)
-        stack.callback(listener.close)
-        spec = ",".join(("smmuv3", *options))
-        await nursery.start(serve_listener, listener, DaemonConfig(build_devices([spec])))
-        client = await Client.connect(path)
-        stack.push_async_callback(client.aclose)
-        ram = GuestRam(RAM_BASE, RAM_SIZE)
-        stack.callback(ram.close)
-        await client.set_mem_table([ram])
-        opened = await client.open_backend_channel()
-        channel = opened
-        stack.callback(channel.close)
+        client, ram, channel = await attach_guest(
+            stack, nursery, str(tmp_path / f"smmu{id(stack)}.sock"),
+            ",".join(("smmuv3", *options)), RAM_BASE, RAM_SIZE)
         drv = SMMUv3Driver(client, 0, ram, **driver)  # type: ignore[arg-type]
         guest = SmmuGuest(client, ram, drv, channel)
         if probe:

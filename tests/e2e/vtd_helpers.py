@@ -17,9 +17,7 @@ import pytest
 import trio
 
 from protocols import messages as m
-from vmm.cli import bind_listener
-from vmm.config import DaemonConfig, build_devices
-from vmm.daemon import serve_listener
+from tests.e2e.attach import attach_guest
 from vmm.drivers.vtd import VTdDriver
 from vmm.harness import BackendChannelReader, BackendEvent, Client, Fault, GuestRam
 
@@ -78,19 +76,9 @@ async def vtd_guest(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Gues
         async def make(*options: str) -> Guest:
             nonlocal count
             count += 1
-            path = str(tmp_path / f"vtd{count}.sock")
-            listener = bind_listener(path)
-            stack.callback(listener.close)
-            spec = ",".join(("vtd", *options))
-            await nursery.start(serve_listener, listener, DaemonConfig(build_devices([spec])))
-            client = await Client.connect(path)
-            stack.push_async_callback(client.aclose)
-            ram = GuestRam(RAM_BASE, RAM_SIZE)
-            stack.callback(ram.close)
-            await client.set_mem_table([ram])
-            opened = await client.open_backend_channel()
-            channel = opened
-            stack.callback(channel.close)
+            client, ram, channel = await attach_guest(
+                stack, nursery, str(tmp_path / f"vtd{count}.sock"),
+                ",".join(("vtd", *options)), RAM_BASE, RAM_SIZE)
             return Guest(client, ram, VTdDriver(client, 0, ram), channel)
 
         yield make
