@@ -79,11 +79,6 @@ class Backend(Protocol):
     def set_backend_channel(self, fd: int) -> None: ...
     def page_request(self, segment: int, requester: int, pasid: int | None, flags: int,
                      address: int, group: int) -> int: ...
-    def extension(self, code: int) -> ExtensionHandler | None: ...
-
-
-ExtensionHandler = Callable[[bytes], tuple[int, bytes]]
-"""A request of code ≥ 128 that the project defines: payload in, (status, reply data) out."""
 
 
 class Phase(enum.Enum):
@@ -259,13 +254,6 @@ class Connection:
                 raise RequestError(E.EINVAL, f"bad flags {flags:#x}")
             handler = self._handlers.get(code)
             if handler is None:
-                if code >= 128:
-                    ext = self.backend.extension(code)
-                    if ext is not None:
-                        if fds:
-                            raise RequestError(E.EINVAL, "fds on a request that takes none")
-                        status, data = ext(payload)
-                        return m.reply(code, status, data)
                 raise RequestError(E.ENOSYS, f"unknown request {code}")
             need = _NEEDS_FEATURE.get(code)  # type: ignore[call-overload]
             if need is not None and not self.backend.features() & need:

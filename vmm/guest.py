@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from devices.model import DmaFault, DmaRequest, HostPort, IommuModel, MemoryPort
 from protocols import messages as m
 from protocols.messages import RegionSpec
-from protocols.session import ExtensionHandler, FaultReply, RequestError
+from protocols.session import FaultReply, RequestError
 from vmm.channel import BackendChannel, is_connected_stream, is_eventfd, signal_eventfd
 from vmm.config import DaemonConfig, DeviceSpec, model_class
 from vmm.devidmap import dma_protection
@@ -298,9 +298,6 @@ class GuestSession:
             return -E.EOPNOTSUPP, body
         result: tuple[int, bytes] = handler(subop, body)
         return result
-
-    def extension(self, code: int) -> ExtensionHandler | None:
-        return None
 
     def page_request(self, segment: int, requester: int, pasid: int | None, flags: int,
                      address: int, group: int) -> int:
