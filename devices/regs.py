@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 WriteHook = Callable[[int, int], None]
 """Called after a guest write is stored, with the old and the new register value."""
@@ -113,6 +114,17 @@ class Register:
             return by_name[name]  # type: ignore[no-any-return]
         except KeyError:
             raise AttributeError(name) from None
+
+
+def strict(name: str, offset: int, width: int, fields: tuple[Field, ...],
+           **masks: Any) -> Register:
+    """A declaration in which every bit no field names is reserved (reads as zero, writes
+    dropped): how both architectures treat RES0/RsvdZ register bits."""
+    named = 0
+    for f in fields:
+        named |= f.mask
+    return Register(name, offset, width, rsvd=((1 << width) - 1) & ~named, fields=fields,
+                    **masks)
 
 
 def check_register(reg: Register) -> list[str]:

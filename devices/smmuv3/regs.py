@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import replace
 
-from devices.regs import ALL, Field, Register, bit
+from devices.regs import ALL, Field, Register, bit, strict
 
 PAGE1 = 0x10000
 """Offset of page 1 of the frame (§6.2)."""
@@ -52,12 +52,7 @@ def _reg(
     doc: str = "",
 ) -> Register:
     """A declaration whose bits outside every named field are reserved (RES0)."""
-    named = 0
-    for f in fields:
-        named |= f.mask
-    full = (1 << width) - 1
-    return Register(name, offset, width, reset=reset, ro=ro, rsvd=full & ~named,
-                    fields=fields, doc=doc)
+    return strict(name, offset, width, fields, reset=reset, ro=ro, doc=doc)
 
 
 # --- ID registers (§6.3: SMMU_IDR0-5, IIDR, AIDR) -----------------------------------------

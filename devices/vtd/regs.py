@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from devices.regs import ALL, Field, Register, bit
+from devices.regs import ALL, Field, Register, bit, strict
 
 WINDOW = 0x1000
 
@@ -70,14 +70,7 @@ def _reg(
     doc: str = "",
 ) -> Register:
     """A register whose unnamed bits are reserved."""
-    named = 0
-    for f in fields:
-        named |= f.mask
-    full = (1 << width) - 1
-    return Register(
-        name, offset, width, reset=reset, ro=ro, w1c=w1c, wo=wo, rsvd=full & ~named,
-        fields=fields, doc=doc,
-    )
+    return strict(name, offset, width, fields, reset=reset, ro=ro, w1c=w1c, wo=wo, doc=doc)
 
 
 # Version.
