@@ -80,8 +80,11 @@ def _model(g: Guest) -> object:
     import gc
 
     from devices.vtd.device import VTd
-    return [o for o in gc.get_objects() if isinstance(o, VTd)
-            and o.env.memory.contains(g.ram.gpa, 4096)][-1]  # type: ignore[attr-defined]
+    from vmm.guest import ModelEnv
+
+    # Only models living in a daemon session: unit tests leave VTd objects on other Envs.
+    return [o for o in gc.get_objects() if isinstance(o, VTd) and isinstance(o.env, ModelEnv)
+            and o.env.memory.contains(g.ram.gpa, 4096)][-1]
 
 
 async def test_full_queue_sets_pro_and_hardware_answers_success(vtd_guest: GuestFactory) -> None:
