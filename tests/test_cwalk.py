@@ -647,3 +647,24 @@ def test_extension_is_built_where_it_can_be() -> None:
     if not (headers and compiler) or os.environ.get("VIOMMU_NO_C_BUILD"):
         pytest.skip("no compiler or Python headers here")
     assert fast.BUILT, "devices.pagetable._cwalk missing: run `pip install -e .` to build it"
+
+
+@pytest.mark.parametrize("use_c", [pytest.param(True, marks=requires_c), False])
+@pytest.mark.parametrize("fields", [("oa", "info"), ("info",), ("info", "pte_addr", "ipa")])
+def test_batch_keeps_only_the_columns_asked_for(use_c: bool, fields: tuple[str, ...]) -> None:
+    """A WalkResults with fewer columns gets the same values in those, C and Python alike,
+    and its other columns stay empty."""
+    mem, walker, ias = small_arm_setup()
+    fw = FastWalker(walker, use_c=use_c)
+    whole, part = WalkResults(len(ias)), WalkResults(len(ias), fields)
+    assert fw.walk_batch(mem, array("Q", ias), whole, ACCESS_R) \
+        == fw.walk_batch(mem, array("Q", ias), part, ACCESS_R) == 16
+    for name, mine, theirs in zip(fast.FIELDS, part.columns, whole.columns, strict=True):
+        assert list(mine) == (list(theirs) if name in fields else [])
+
+
+def test_batch_columns_must_include_info() -> None:
+    with pytest.raises(ValueError):
+        WalkResults(4, ("oa",))
+    with pytest.raises(ValueError):
+        WalkResults(4, ("info", "perm"))

@@ -963,6 +963,17 @@ static inline void descend_group(const struct cw_region *reg, struct walk_state 
             st[j].acc_or = acc_or[j];
         }
     }
+    /* The finishes read the leaves one walk at a time; start all their loads now, so that
+     * they are in flight together (a prefetch has no architectural effect). */
+    for (j = 0; j < g; j++) {
+        if (started[j] && st[j].h >= 0) {
+            const struct cw_level *lv = &t->lv[st[j].h];
+            uint64_t off = st[j].table + (((ia[j] >> lv->shift) & lv->index_mask) << 3)
+                           - reg->gpa;
+            if (off <= reg->size - 8)
+                __builtin_prefetch(reg->host + off);
+        }
+    }
 }
 
 /* cw_walk_batch for a regime of one kind (a constant: the compiler specialises the starts
@@ -1021,9 +1032,10 @@ walk_batch_kind(const struct cw_walker *w, const uint32_t kind, struct cw_memory
 
 size_t cw_walk_batch(const struct cw_walker *w, struct cw_memory *mem, const uint64_t *ia,
                      size_t n, uint32_t access_all, const uint8_t *access,
-                     uint64_t *oa, uint64_t *info, uint64_t *pte, uint64_t *pte_addr,
-                     uint64_t *ipa)
+                     const struct cw_results *out)
 {
+    uint64_t *oa = out->oa, *info = out->info, *pte = out->pte, *pte_addr = out->pte_addr;
+    uint64_t *ipa = out->ipa;
     size_t i, ok = 0;
     struct res r;
 

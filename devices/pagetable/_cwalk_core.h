@@ -103,6 +103,15 @@ struct cw_memory {
     uint32_t last;            /* the region of the last hit */
 };
 
+/* Where a batch's results go: one column per field, any of them NULL (not stored). */
+struct cw_results {
+    uint64_t *oa;
+    uint64_t *info;
+    uint64_t *pte;
+    uint64_t *pte_addr;
+    uint64_t *ipa;
+};
+
 /* Derive the walker's internal constants once its fields are set. */
 void cw_prepare(struct cw_walker *w);
 
@@ -113,7 +122,8 @@ uint32_t cw_walk_one(const struct cw_walker *w, struct cw_memory *mem, uint64_t 
                      uint32_t access, uint64_t out[9]);
 
 /* n walks with the same access (or access[i] when access is not NULL).  Each result is
- * an info word plus four addresses; any output array may be NULL.  Info word:
+ * an info word plus four addresses, stored in the columns of out (NULL: not stored).
+ * Info word:
  *   translation: 7:0 = 0, 15:8 level, 23:16 perm, 31:24 priv_perm, 39:32 user_perm,
  *                47:40 attrs, 55:48 log2(size); oa, pte, pte_addr as named; ipa = 0
  *   fault:       7:0 kind, 15:8 reason, 23:16 stage, 31:24 level, 32 s1ptw,
@@ -121,5 +131,4 @@ uint32_t cw_walk_one(const struct cw_walker *w, struct cw_memory *mem, uint64_t 
  * Returns the number of translations. */
 size_t cw_walk_batch(const struct cw_walker *w, struct cw_memory *mem, const uint64_t *ia,
                      size_t n, uint32_t access_all, const uint8_t *access,
-                     uint64_t *oa, uint64_t *info, uint64_t *pte, uint64_t *pte_addr,
-                     uint64_t *ipa);
+                     const struct cw_results *out);

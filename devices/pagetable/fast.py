@@ -48,7 +48,7 @@ import mmap
 import os
 import struct
 from array import array
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, Final
 
 from devices.model import FaultKind, MemoryPort
@@ -123,26 +123,39 @@ def unpack(oa: int, info: int, pte: int, pte_addr: int, ipa: int) -> Translation
                  ipa if has & HAS_IPA else None)
 
 
+FIELDS = ("oa", "info", "pte", "pte_addr", "ipa")
+"""The columns of ``WalkResults``, in the order of ``struct cw_results``."""
+
+
 class WalkResults:
     """Preallocated results of ``walk_batch``: five ``array('Q')`` columns, index i for the
     i-th input address.  ``info[i] & 0xFF`` is 0 for a translation, else the FaultKind."""
 
-    __slots__ = ("capacity", "oa", "info", "pte", "pte_addr", "ipa", "_c")
+    __slots__ = ("capacity", "fields", "oa", "info", "pte", "pte_addr", "ipa", "_views", "_c")
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, fields: Collection[str] = FIELDS) -> None:
         if capacity < 0:
             raise ValueError(f"capacity {capacity}")
+        unknown = set(fields) - set(FIELDS)
+        if unknown or "info" not in fields:
+            raise ValueError(f"fields {sorted(fields)}: info and any of {FIELDS}")
         self.capacity = capacity
+        self.fields = tuple(name for name in FIELDS if name in fields)
         zero = bytes(8 * capacity)
-        self.oa = array("Q", zero)
+        # A column not asked for is empty and never written: a batch then moves fewer
+        # bytes per walk (five columns of 1024 walks fill a 32 KiB L1 data cache).
+        self.oa = array("Q", zero if "oa" in fields else b"")
         self.info = array("Q", zero)
-        self.pte = array("Q", zero)
-        self.pte_addr = array("Q", zero)
-        self.ipa = array("Q", zero)
-        # The C views pin the arrays' size (resizing them raises BufferError).
-        self._c: tuple[Any, ...] | None = None
+        self.pte = array("Q", zero if "pte" in fields else b"")
+        self.pte_addr = array("Q", zero if "pte_addr" in fields else b"")
+        self.ipa = array("Q", zero if "ipa" in fields else b"")
+        # The C views pin the arrays' size (resizing them raises BufferError); the struct
+        # hands all five to a batch in one argument, NULL for a column not kept.
+        self._c: Any = None
         if _ffi is not None:
-            self._c = tuple(_ffi.from_buffer("uint64_t[]", column) for column in self.columns)
+            self._views = tuple(_ffi.from_buffer("uint64_t[]", column) if name in fields
+                                else _ffi.NULL for name, column in zip(FIELDS, self.columns))
+            self._c = _ffi.new("struct cw_results *", self._views)
 
     @property
     def columns(self) -> tuple[array[int], ...]:
@@ -153,6 +166,7 @@ class WalkResults:
         return not self.info[i] & 0xFF
 
     def result(self, i: int) -> Translation | Fault:
+        """Result ``i`` whole; needs every column (``FIELDS``)."""
         return unpack(self.oa[i], self.info[i], self.pte[i], self.pte_addr[i], self.ipa[i])
 
 
@@ -405,7 +419,9 @@ class FastWalker:
         memoryview, bytes) into ``out[0:n]``; ``accesses``, a buffer of u8 as long as
         ``ias``, gives each walk its own access instead of ``access``.  Returns how many
         walks gave a translation."""
-        view = memoryview(ias).cast("B").cast("Q")
+        # An array('Q') goes to C as it is; anything else through a checked u64 view.
+        view = ias if type(ias) is array and ias.typecode == "Q" \
+            else memoryview(ias).cast("B").cast("Q")
         n = len(view)
         if n > out.capacity:
             raise ValueError(f"{n} addresses for {out.capacity} results")
@@ -414,26 +430,34 @@ class FastWalker:
             acc_view = memoryview(accesses).cast("B")
             if len(acc_view) < n:
                 raise ValueError(f"{len(acc_view)} accesses for {n} addresses")
-        columns = out._c
-        table = self._table_for(mem) if columns is not None and 0 <= access <= U32 else None
-        if columns is None or table is None:
+        results = out._c
+        if mem is self._mem and mem.generation == self._generation:
+            table = self._table
+        elif results is not None and 0 <= access <= U32:
+            table = self._table_for(mem)
+        else:
+            table = None
+        if results is None or table is None or not 0 <= access <= U32:
             return self._walk_batch_python(mem, view, out, access, acc_view)
         with _ffi.from_buffer("uint64_t[]", view) as c_ias:
             if acc_view is None:
                 return int(_lib.cw_walk_batch(self._c, table, c_ias, n, access, _ffi.NULL,
-                                              *columns))
+                                              results))
             with _ffi.from_buffer("uint8_t[]", acc_view) as c_acc:
                 return int(_lib.cw_walk_batch(self._c, table, c_ias, n, access, c_acc,
-                                              *columns))
+                                              results))
 
     def _walk_batch_python(self, mem: MemoryPort, ias: Iterable[int], out: WalkResults,
                            access: int, accesses: memoryview | None) -> int:
         walk = self.walker.walk
-        oa, info, pte, pte_addr, ipa = out.columns
+        kept = [(column, k) for k, (name, column) in enumerate(zip(FIELDS, out.columns))
+                if name in out.fields]
         ok = 0
         for i, ia in enumerate(ias):
             result = walk(mem, ia, access if accesses is None else accesses[i])
-            oa[i], info[i], pte[i], pte_addr[i], ipa[i] = pack(result)
+            values = pack(result)
+            for column, k in kept:
+                column[i] = values[k]
             if isinstance(result, Translation):
                 ok += 1
         return ok
