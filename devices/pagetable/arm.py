@@ -221,9 +221,10 @@ class ArmS1Table(ArmFormat):
         if not TSZ_MIN <= tsz <= TSZ_MAX:
             raise ValueError(f"TxSZ {tsz}")
         ia_bits = 64 - tsz
-        super().__init__(1, root, granule, ia_bits, s1_start_level(granule, ia_bits), oas)
+        # Before the base class prepares the walk, which asks accumulators().
         self.table_key_mask = 0 if had else 0xF0  # HADx: no hierarchical attributes
         self.dbm_key_mask = 0x100 if hd else 0
+        super().__init__(1, root, granule, ia_bits, s1_start_level(granule, ia_bits), oas)
         self.perm_table = tuple(
             s1_perms(key & 3, (key >> 2) & 3, (key >> 4) & 0xF, bool(key & 0x100))
             for key in range(0x200)
@@ -248,34 +249,40 @@ class ArmS1Table(ArmFormat):
             return BadConfig(f"T{int(upper)}SZ {tsz} out of range")
         return cls(root, granule, tsz, PS_BITS[ips], had=had, ha=ha, hd=hd)
 
+    def accumulators(self) -> tuple[bool, bool]:
+        return False, bool(self.table_key_mask)  # APTable/XNTable: any entry (OR); not HAD
+
     def finish(
         self, mem: MemoryPort, ia: int, pte: int, pte_addr: int, pa: int, h: int,
         acc_and: int, acc_or: int, access: int,
     ) -> Translation | Fault:
-        new = pte
-        if not pte & AF:
+        # The bits that decide everything here, as two small ints (64-bit operations cost
+        # several times more): bits 11:0 (AP, AF, nG) and 63:51 (DBM, PXN, UXN).
+        low = pte & 0xFFF
+        high = pte >> 51
+        if not low & AF:
             if not self.ha:
                 return self.fault(FaultKind.ACCESS_FLAG, Reason.ACCESS_FLAG, h, pte_addr, pte)
             if access:
-                new |= AF
+                low |= AF
         # Permissions come from a table indexed by the 9 bits that decide them (see
         # s1_perms): AP[2:1], PXN/UXN, the accumulated table attributes, DBM under HD.
         priv, user = self.perm_table[
-            ((pte >> 6) & 3) | ((pte >> 51) & 0xC) | ((acc_or >> 55) & self.table_key_mask)
-            | ((pte >> 43) & self.dbm_key_mask)
+            ((low >> 6) & 3) | (high & 0xC) | ((acc_or >> 55) & self.table_key_mask)
+            | ((high << 8) & self.dbm_key_mask)
         ]
         perm = priv if access & ACCESS_PRIV else user
         if access:
             if access & PERM_MASK & ~perm:
                 return permission_fault(self, h, pte_addr, pte)
-            if access & ACCESS_W and pte & AP_2 and self.hd and pte & DBM:
-                new &= ~AP_2  # hardware dirty-state update
-            if new != pte:
-                failed = update_leaf(self, mem, pa, new, h, pte_addr, pte)
+            if access & ACCESS_W and low & AP_2 and self.hd and high & 1:  # DBM
+                low &= ~AP_2  # hardware dirty-state update
+            if low != pte & 0xFFF:
+                failed = update_leaf(self, mem, pa, pte & ~0xFFF | low, h, pte_addr, pte)
                 if failed is not None:
                     return failed
-        attrs = (ATTR_NG if pte & NG else 0) | (ATTR_ACCESSED if new & AF else 0)
-        if pte & DBM and not new & AP_2:
+        attrs = (ATTR_NG if low & NG else 0) | (ATTR_ACCESSED if low & AF else 0)
+        if high & 1 and not low & AP_2:  # DBM, writable: dirty
             attrs |= ATTR_DIRTY
         size, offset_mask, addr_mask, level = self.leaf_consts[h]
         return tuple_new(Translation, ((pte & addr_mask) | (ia & offset_mask), size, level,
@@ -364,6 +371,9 @@ class ArmS2Config(ArmFormat):
         if self.root & self.root_limit:
             return self.root_fault()
         return walk_tables(self, mem, ia, self.root, access)
+
+    def accumulators(self) -> tuple[bool, bool]:
+        return False, False  # stage 2 has no hierarchical attributes
 
     def finish(
         self, mem: MemoryPort, ia: int, pte: int, pte_addr: int, pa: int, h: int,

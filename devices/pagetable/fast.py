@@ -153,8 +153,9 @@ class WalkResults:
         # hands all five to a batch in one argument, NULL for a column not kept.
         self._c: Any = None
         if _ffi is not None:
-            self._views = tuple(_ffi.from_buffer("uint64_t[]", column) if name in fields
-                                else _ffi.NULL for name, column in zip(FIELDS, self.columns))
+            self._views = tuple(
+                _ffi.from_buffer("uint64_t[]", column) if name in fields else _ffi.NULL
+                for name, column in zip(FIELDS, self.columns, strict=True))
             self._c = _ffi.new("struct cw_results *", self._views)
 
     @property
@@ -450,7 +451,8 @@ class FastWalker:
     def _walk_batch_python(self, mem: MemoryPort, ias: Iterable[int], out: WalkResults,
                            access: int, accesses: memoryview | None) -> int:
         walk = self.walker.walk
-        kept = [(column, k) for k, (name, column) in enumerate(zip(FIELDS, out.columns))
+        kept = [(column, k)
+                for k, (name, column) in enumerate(zip(FIELDS, out.columns, strict=True))
                 if name in out.fields]
         ok = 0
         for i, ia in enumerate(ias):

@@ -104,6 +104,9 @@ class VtdSecondStage(TableFormat):
             return Fault(FaultKind.TRANSLATION, Reason.INPUT_RANGE, 2, None, None)
         return walk_tables(self, mem, ia, self.root, access)
 
+    def accumulators(self) -> tuple[bool, bool]:
+        return True, False  # R/W/X: every entry of the walk must grant it (AND)
+
     def finish(
         self, mem: MemoryPort, ia: int, pte: int, pte_addr: int, pa: int, h: int,
         acc_and: int, acc_or: int, access: int,

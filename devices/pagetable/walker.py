@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import sys
+from collections.abc import Callable
 from typing import NamedTuple, Protocol
 
 from devices.model import FaultKind, MemoryPort, Perm
@@ -178,7 +179,7 @@ class TableFormat:
         "stage", "top", "shifts", "index_masks", "type_masks", "table_types", "leaf_types",
         "present_mask", "bad_type_reason", "table_addr_mask", "leaf_addr_masks",
         "rsvd_table", "rsvd_leaf", "oa_limit_mask", "level_names", "table_set", "steps",
-        "access_steps", "word_steps", "access_word_steps",
+        "access_steps", "word_steps", "access_word_steps", "descend", "access_descend",
     )
 
     stage: int
@@ -209,6 +210,9 @@ class TableFormat:
     clean mask, clean value, leaf mask, leaf value) per level, top first; None when the
     table addresses are not 8-byte aligned."""
     access_word_steps: tuple[tuple[int, int, int, int, int, int, int], ...] | None
+    descend: Descend | None
+    """``word_steps`` unrolled into straight-line code (``compile_descent``)."""
+    access_descend: Descend | None
 
     def prepare(self) -> None:
         """Derive ``steps`` once the per-level tuples are set (end of every constructor):
@@ -221,11 +225,14 @@ class TableFormat:
         self.access_steps = tuple(self._step(h, self.table_set)
                                   for h in range(self.top, -1, -1))
         self.word_steps = self.access_word_steps = None
+        self.descend = self.access_descend = None
         if not self.table_addr_mask & 7:
             self.word_steps = tuple(step[:5] + self._clean_leaf(step[0])
                                     for step in self.steps)
             self.access_word_steps = tuple(step[:5] + self._clean_leaf(step[0])
                                            for step in self.access_steps)
+            self.descend = compile_descent(self, self.word_steps)
+            self.access_descend = compile_descent(self, self.access_word_steps)
 
     def _clean_leaf(self, h: int) -> tuple[int, int]:
         """(mask, value): ``pte & mask == value`` picks out a *clean leaf*, one that passes
@@ -256,6 +263,11 @@ class TableFormat:
                 self.type_masks[h], self.table_types[h], self.leaf_types[h], table_bad,
                 self.rsvd_leaf[h] | self.oa_limit_mask)
 
+    def accumulators(self) -> tuple[bool, bool]:
+        """Whether ``finish`` reads ``acc_and`` and ``acc_or``; the direct walk does not
+        keep one that is never read (each costs two 64-bit operations per level)."""
+        return True, True
+
     def finish(
         self, mem: MemoryPort, ia: int, pte: int, pte_addr: int, pa: int, h: int,
         acc_and: int, acc_or: int, access: int,
@@ -281,7 +293,10 @@ def walk_tables(
     address is an IPA translated by ``s2`` before it is read (nested translation); a fault
     there comes back as a stage-2 fault with ``s1ptw`` set.
     """
-    if s2 is None and type(mem).__dict__.get("direct_words") and _NATIVE_LE and not table & 7:
+    direct = _DIRECT.get(type(mem))
+    if direct is None:
+        direct = _DIRECT[type(mem)] = bool(type(mem).__dict__.get("direct_words")) and _NATIVE_LE
+    if direct and s2 is None and not table & 7:
         # Plain guest memory (a class that itself declares ``direct_words``, so never a
         # recording, replaying or observing wrapper, nor a subclass: they must see every read
         # through read_u64): clean entries of the
@@ -290,28 +305,13 @@ def walk_tables(
         # hardware must update) walks again below, reading every entry through read_u64;
         # nothing has been written by then, so it decides exactly as if it had been first.
         span = mem.u64_span(table)  # type: ignore[attr-defined]
-        steps = fmt.access_word_steps if access else fmt.word_steps
-        if span is not None and steps is not None:
+        descend = fmt.access_descend if access else fmt.descend
+        if span is not None and descend is not None:
             lo, n, words = span
-            tw = (table - lo) >> 3  # word index of the table (may lie outside the region)
-            acc_and = U64
-            acc_or = 0
-            table_addr_mask = fmt.table_addr_mask
-            for h, shift, index_mask, clean_mask, clean_value, leaf_mask, leaf_value in steps:
-                i = tw + ((ia >> shift) & index_mask)
-                if not 0 <= i < n:
-                    break
-                entry: int = words[i]
-                if entry & clean_mask == clean_value:
-                    acc_and &= entry
-                    acc_or |= entry
-                    tw = ((entry & table_addr_mask) - lo) >> 3
-                    continue
-                if entry & leaf_mask == leaf_value:
-                    pte_addr = lo + (i << 3)
-                    return fmt.finish(mem, ia, entry, pte_addr, pte_addr, h, acc_and, acc_or,
-                                      access)
-                break
+            # tw: the word index of the table (may lie outside the region)
+            done = descend(mem, words, n, lo, (table - lo) >> 3, ia, access)
+            if done is not None:
+                return done
     read = mem.read_u64
     present = fmt.present_mask
     table_addr_mask = fmt.table_addr_mask
@@ -367,6 +367,59 @@ def walk_tables(
 
 
 _NATIVE_LE = sys.byteorder == "little"  # native u64 words of a mapping are the entries
+_DIRECT: dict[type, bool] = {}  # memory class -> whether walk_tables reads its words directly
+
+Descend = Callable[[MemoryPort, memoryview, int, int, int, int, int],
+                   "Translation | Fault | None"]
+"""``descend(mem, words, n, lo, tw, ia, access)``: the direct walk of ``walk_tables`` from
+the table at word ``tw`` of ``words`` (the ``n`` u64 words of guest memory from gpa ``lo``);
+None where it stops short (an entry outside the words, neither a clean table entry nor a
+clean leaf), for the full loop to decide."""
+
+
+def compile_descent(fmt: TableFormat, steps: tuple[tuple[int, ...], ...]) -> Descend:
+    """``steps`` (``word_steps`` or ``access_word_steps``) as one straight-line function.
+
+    The loop over ``steps`` costs a tuple unpack and a dozen name loads per level, more than
+    the level's own work; unrolled, each level is an index, a bounds test, one read and one
+    mask test, with the format's constants written in as literals.  The code does exactly
+    what the loop did: the same reads in the same order, clean table entries go down, a
+    clean leaf goes to ``fmt.finish``, anything else returns None.  A test that can never
+    match (mask 0, value 1) is left out, with the branch it guards, and so is an
+    accumulator ``finish`` does not read (``TableFormat.accumulators``)."""
+    keep_and, keep_or = fmt.accumulators()
+    lines = ["def descend(mem, words, n, lo, tw, ia, access):",
+             "    acc_and = U64",
+             "    acc_or = 0"]
+    for h, shift, index_mask, clean_mask, clean_value, leaf_mask, leaf_value in steps:
+        lines += [f"    i = tw + ((ia >> {shift}) & {index_mask:#x})",
+                  "    if not 0 <= i < n:",
+                  "        return None",
+                  "    entry = words[i]"]
+        if (clean_mask, clean_value) != (0, 1):
+            lines += [f"    if entry & {clean_mask:#x} == {clean_value:#x}:"]
+            lines += ["        acc_and &= entry"] if keep_and else []
+            lines += ["        acc_or |= entry"] if keep_or else []
+            lines += [f"        tw = ((entry & {fmt.table_addr_mask:#x}) - lo) >> 3",
+                      "    else:"]
+            lines += _leaf_lines("        ", h, leaf_mask, leaf_value)
+        else:
+            lines += _leaf_lines("    ", h, leaf_mask, leaf_value)
+    lines.append("    return None")
+    namespace: dict[str, object] = {"U64": U64, "finish": fmt.finish}
+    exec(compile("\n".join(lines), f"<descend {type(fmt).__name__}>", "exec"), namespace)
+    return namespace["descend"]  # type: ignore[return-value]
+
+
+def _leaf_lines(indent: str, h: int, leaf_mask: int, leaf_value: int) -> list[str]:
+    """A clean leaf at height ``h`` goes to ``finish``; anything else returns None."""
+    if (leaf_mask, leaf_value) == (0, 1):
+        return [indent + "return None"]
+    return [indent + f"if entry & {leaf_mask:#x} == {leaf_value:#x}:",
+            indent + "    pte_addr = lo + (i << 3)",
+            indent + f"    return finish(mem, ia, entry, pte_addr, pte_addr, {h}, acc_and, acc_or, "
+                     "access)",
+            indent + "return None"]
 
 
 def bad_entry(fmt: TableFormat, pte: int, h: int, pte_addr: int, rsvd: int) -> Fault:
