@@ -258,7 +258,7 @@ class ArmS1Table(ArmFormat):
     ) -> Translation | Fault:
         # The bits that decide everything here, as two small ints (64-bit operations cost
         # several times more): bits 11:0 (AP, AF, nG) and 63:51 (DBM, PXN, UXN).
-        low = pte & 0xFFF
+        low = old = pte & 0xFFF
         high = pte >> 51
         if not low & AF:
             if not self.ha:
@@ -277,11 +277,12 @@ class ArmS1Table(ArmFormat):
                 return permission_fault(self, h, pte_addr, pte)
             if access & ACCESS_W and low & AP_2 and self.hd and high & 1:  # DBM
                 low &= ~AP_2  # hardware dirty-state update
-            if low != pte & 0xFFF:
+            if low != old:
                 failed = update_leaf(self, mem, pa, pte & ~0xFFF | low, h, pte_addr, pte)
                 if failed is not None:
                     return failed
-        attrs = (ATTR_NG if low & NG else 0) | (ATTR_ACCESSED if low & AF else 0)
+        # nG (bit 11) lands on ATTR_NG, AF (bit 10) on ATTR_ACCESSED (_ATTR_SHIFTS_HOLD).
+        attrs = ((low >> 11) & 1) | ((low >> 8) & 4)
         if high & 1 and not low & AP_2:  # DBM, writable: dirty
             attrs |= ATTR_DIRTY
         size, offset_mask, addr_mask, level = self.leaf_consts[h]
@@ -290,6 +291,8 @@ class ArmS1Table(ArmFormat):
 
 
 _TAG_KEEP = (1 << 56) - 1
+_ATTR_SHIFTS_HOLD = (NG >> 11, AF >> 8) == (ATTR_NG, ATTR_ACCESSED)
+assert _ATTR_SHIFTS_HOLD, "ArmS1Table.finish moves nG and AF onto the Attr bits by shifts"
 
 
 class ArmS1Config:

@@ -296,20 +296,17 @@ def walk_tables(
     direct = _DIRECT.get(type(mem))
     if direct is None:
         direct = _DIRECT[type(mem)] = bool(type(mem).__dict__.get("direct_words")) and _NATIVE_LE
-    if direct and s2 is None and not table & 7:
+    if direct and s2 is None:
         # Plain guest memory (a class that itself declares ``direct_words``, so never a
         # recording, replaying or observing wrapper, nor a subclass: they must see every read
-        # through read_u64): clean entries of the
-        # root table's region are read straight from its mapping as u64 words, the values
-        # read_u64 gives.  Anything else (an entry outside that region, a fault, an entry
-        # hardware must update) walks again below, reading every entry through read_u64;
-        # nothing has been written by then, so it decides exactly as if it had been first.
-        span = mem.u64_span(table)  # type: ignore[attr-defined]
+        # through read_u64): clean entries of the root table's region are read straight
+        # from its mapping as u64 words, the values read_u64 gives (compile_descent).
+        # Anything else (an entry outside that region, a fault, an entry hardware must
+        # update) walks again below, reading every entry through read_u64; nothing has been
+        # written by then, so it decides exactly as if it had been first.
         descend = fmt.access_descend if access else fmt.descend
-        if span is not None and descend is not None:
-            lo, n, words = span
-            # tw: the word index of the table (may lie outside the region)
-            done = descend(mem, words, n, lo, (table - lo) >> 3, ia, access)
+        if descend is not None:
+            done = descend(mem, ia, table, access)
             if done is not None:
                 return done
     read = mem.read_u64
@@ -369,12 +366,11 @@ def walk_tables(
 _NATIVE_LE = sys.byteorder == "little"  # native u64 words of a mapping are the entries
 _DIRECT: dict[type, bool] = {}  # memory class -> whether walk_tables reads its words directly
 
-Descend = Callable[[MemoryPort, memoryview, int, int, int, int, int],
-                   "Translation | Fault | None"]
-"""``descend(mem, words, n, lo, tw, ia, access)``: the direct walk of ``walk_tables`` from
-the table at word ``tw`` of ``words`` (the ``n`` u64 words of guest memory from gpa ``lo``);
-None where it stops short (an entry outside the words, neither a clean table entry nor a
-clean leaf), for the full loop to decide."""
+Descend = Callable[[MemoryPort, int, int, int], "Translation | Fault | None"]
+"""``descend(mem, ia, table, access)``: the direct walk of ``walk_tables`` from ``table``
+over the u64 words of the guest memory region holding it (``GuestMemory.u64_span``); None
+where it stops short (a table not 8-byte aligned or outside RAM, an entry outside the
+region, neither a clean table entry nor a clean leaf), for the full loop to decide."""
 
 
 def compile_descent(fmt: TableFormat, steps: tuple[tuple[int, ...], ...]) -> Descend:
@@ -384,18 +380,28 @@ def compile_descent(fmt: TableFormat, steps: tuple[tuple[int, ...], ...]) -> Des
     the level's own work; unrolled, each level is an index, a bounds test, one read and one
     mask test, with the format's constants written in as literals.  The code does exactly
     what the loop did: the same reads in the same order, clean table entries go down, a
-    clean leaf goes to ``fmt.finish``, anything else returns None.  A test that can never
+    clean leaf goes to ``fmt.finish``, anything else returns None; an index past the end
+    of the words is caught as the IndexError of reading it (a try costs nothing until it
+    catches, a bounds test costs every level).  A test that can never
     match (mask 0, value 1) is left out, with the branch it guards, and so is an
     accumulator ``finish`` does not read (``TableFormat.accumulators``)."""
     keep_and, keep_or = fmt.accumulators()
-    lines = ["def descend(mem, words, n, lo, tw, ia, access):",
+    lines = ["def descend(mem, ia, table, access):",
+             "    span = mem.u64_span(table)",
+             "    if span is None or table & 7:",
+             "        return None",
+             "    lo, _, words = span",
+             "    tw = (table - lo) >> 3  # may lie outside the region",
              "    acc_and = U64",
              "    acc_or = 0"]
     for h, shift, index_mask, clean_mask, clean_value, leaf_mask, leaf_value in steps:
         lines += [f"    i = tw + ((ia >> {shift}) & {index_mask:#x})",
-                  "    if not 0 <= i < n:",
+                  "    if i < 0:",
                   "        return None",
-                  "    entry = words[i]"]
+                  "    try:",
+                  "        entry = words[i]",
+                  "    except IndexError:  # past the end of the words",
+                  "        return None"]
         if (clean_mask, clean_value) != (0, 1):
             lines += [f"    if entry & {clean_mask:#x} == {clean_value:#x}:"]
             lines += ["        acc_and &= entry"] if keep_and else []
