@@ -847,22 +847,18 @@ static inline void store(const struct res *r, size_t i, uint64_t *oa, uint64_t *
         ipa[i] = r->kind == CW_OK ? 0 : r->ipa;
 }
 
-/* The end of a walk without stage 2 whose next entry is a clean leaf (prepare_table) in
- * the region reg: what walk_from would do, without its loop.  0 when it is not. */
+/* The end of a walk without stage 2 whose next entry, pte at pte_addr, was read from RAM
+ * and is a clean leaf (prepare_table): what walk_from would do, without its loop.  0 when
+ * the entry is not a clean leaf. */
 static inline __attribute__((always_inline)) int
-finish_clean_leaf(struct cw_memory *m, const struct cw_region *reg, const struct walk_state *st,
-                  uint32_t kind, uint64_t ia, uint32_t access, struct res *r)
+finish_clean_leaf(struct cw_memory *m, const struct walk_state *st, uint32_t kind,
+                  uint64_t ia, uint32_t access, uint64_t pte, uint64_t pte_addr,
+                  struct res *r)
 {
     const struct cw_table *t = st->t;
     const struct cw_level *lv = &t->lv[st->h];
-    uint64_t pte_addr = st->table + (((ia >> lv->shift) & lv->index_mask) << 3);
-    uint64_t off = pte_addr - reg->gpa, pte;
     struct leaf l;
 
-    if (st->h < 0 || reg->size < 8 || off > reg->size - 8)
-        return 0;
-    memcpy(&pte, reg->host + off, 8);
-    pte = le64(pte);
     if ((pte & lv->leaf_mask) != lv->leaf_value)
         return 0;
     l.m = m;
@@ -899,21 +895,25 @@ finish_clean_leaf(struct cw_memory *m, const struct cw_region *reg, const struct
  * once); then each walk is finished in order.  Reading ahead like this is only done when
  * no walk of the group can write guest memory (a lookup, or no HA/HD/AD): then the order
  * of reads cannot change any result.  Otherwise each walk runs whole, in order. */
-#define GROUP 8
+#define GROUP 16
 
 /* descend_step for a group of started walks (started[j]) in lockstep, level by level, when
  * they all walk the same table tree (otherwise each walk descends later, on its own): no
- * table_set, for no walk of the group may write. */
+ * table_set, for no walk of the group may write.  Then the entry each walk stopped at, its
+ * leaf if all went well, is read for all of them at once: read[j] says it was (in RAM, in
+ * the region), with its value in pte[j] and its address in pte_addr[j]. */
 static inline void descend_group(const struct cw_region *reg, struct walk_state *st,
-                                 const int *started, const uint64_t *ia, size_t g)
+                                 const int *started, const uint64_t *ia, size_t g,
+                                 int *read, uint64_t *pte, uint64_t *pte_addr)
 {
     const struct cw_table *t = NULL;
     uint64_t table[GROUP], acc_and[GROUP], acc_or[GROUP];
-    unsigned active = 0;
+    unsigned active = 0, all;
     size_t j;
     int h;
 
     for (j = 0; j < g; j++) {
+        read[j] = 0;
         if (!started[j])
             continue;
         if (t != NULL && st[j].t != t)
@@ -926,6 +926,7 @@ static inline void descend_group(const struct cw_region *reg, struct walk_state 
     }
     if (t == NULL || reg->size < 8)
         return;
+    all = active;
     for (h = (int)t->top; h > 0 && active; h--) {
         const struct cw_level *lv = &t->lv[h];
         const uint64_t shift = lv->shift, index_mask = lv->index_mask;
@@ -933,18 +934,18 @@ static inline void descend_group(const struct cw_region *reg, struct walk_state 
         const uint64_t addr_mask = t->table_addr_mask, base = reg->gpa, last = reg->size - 8;
 
         for (j = 0; j < g; j++) {
-            uint64_t off, pte;
+            uint64_t off, entry;
 
             if (!(active & (1u << j)))
                 continue;
             off = table[j] + (((ia[j] >> shift) & index_mask) << 3) - base;
             if (off <= last) {
-                memcpy(&pte, reg->host + off, 8);
-                pte = le64(pte);
-                if ((pte & mask) == value) {
-                    acc_and[j] &= pte;
-                    acc_or[j] |= pte;
-                    table[j] = pte & addr_mask;
+                memcpy(&entry, reg->host + off, 8);
+                entry = le64(entry);
+                if ((entry & mask) == value) {
+                    acc_and[j] &= entry;
+                    acc_or[j] |= entry;
+                    table[j] = entry & addr_mask;
                     continue;
                 }
             }
@@ -963,15 +964,20 @@ static inline void descend_group(const struct cw_region *reg, struct walk_state 
             st[j].acc_or = acc_or[j];
         }
     }
-    /* The finishes read the leaves one walk at a time; start all their loads now, so that
-     * they are in flight together (a prefetch has no architectural effect). */
     for (j = 0; j < g; j++) {
-        if (started[j] && st[j].h >= 0) {
-            const struct cw_level *lv = &t->lv[st[j].h];
-            uint64_t off = st[j].table + (((ia[j] >> lv->shift) & lv->index_mask) << 3)
-                           - reg->gpa;
-            if (off <= reg->size - 8)
-                __builtin_prefetch(reg->host + off);
+        const struct cw_level *lv;
+        uint64_t addr, off;
+
+        if (!(all & (1u << j)))
+            continue;
+        lv = &t->lv[st[j].h];
+        addr = st[j].table + (((ia[j] >> lv->shift) & lv->index_mask) << 3);
+        off = addr - reg->gpa;
+        if (off <= reg->size - 8) {
+            memcpy(&pte[j], reg->host + off, 8);
+            pte[j] = le64(pte[j]);
+            pte_addr[j] = addr;
+            read[j] = 1;
         }
     }
 }
@@ -990,7 +996,8 @@ walk_batch_kind(const struct cw_walker *w, const uint32_t kind, struct cw_memory
         size_t g = n - i < GROUP ? n - i : GROUP;
         struct res r[GROUP];
         struct walk_state st[GROUP];
-        int started[GROUP], may_write = 0;
+        uint64_t leaf_pte[GROUP], leaf_addr[GROUP];
+        int started[GROUP], read[GROUP], may_write = 0;
         const struct cw_region *reg = &mem->regions[mem->last];
 
         if (access != NULL) {
@@ -1010,13 +1017,14 @@ walk_batch_kind(const struct cw_walker *w, const uint32_t kind, struct cw_memory
         for (j = 0; j < g; j++)
             started[j] = regime_start_kind(&w->s1, kind, ia[i + j],
                                            access ? access[i + j] : access_all, &st[j], &r[j]);
-        descend_group(reg, &st[0], started, ia + i, g);
+        descend_group(reg, &st[0], started, ia + i, g, read, leaf_pte, leaf_addr);
         for (j = 0; j < g; j++) {
             uint32_t a = access ? access[i + j] : access_all;
             if (started[j]) {
                 /* A result of its own, stored at once: the compiler keeps it in registers. */
                 struct res leaf;
-                if (finish_clean_leaf(mem, reg, &st[j], kind, ia[i + j], a, &leaf)) {
+                if (read[j] && finish_clean_leaf(mem, &st[j], kind, ia[i + j], a, leaf_pte[j],
+                                                 leaf_addr[j], &leaf)) {
                     ok += leaf.kind == CW_OK;
                     store(&leaf, i + j, oa, info, pte, pte_addr, ipa);
                     continue;
