@@ -45,6 +45,7 @@ struct cw_level {
     uint64_t leaf_value;      /* (set by cw_prepare) */
     uint32_t shift;
     int32_t level;            /* the format's own name for this level */
+    uint64_t unused[2];       /* 128 bytes in all: lv[h] is a shift, not a multiply */
 };
 
 /* One table tree with the controls of its format (TableFormat and its subclasses). */
