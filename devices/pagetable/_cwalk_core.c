@@ -2,7 +2,7 @@
  *
  * A transcription of the pure-Python walker, step for step and in the same order, so that
  * both give identical results for any tables and any memory:
- *   walk_from        walker.py  walk_tables, bad_entry, update_leaf, s2_update_fault
+ *   walk_from        walker.py  walk_loop, bad_entry, update_leaf, s2_update_fault
  *   finish_arm_s1    arm.py     ArmS1Table.finish (permissions from its perm_table)
  *   finish_arm_s2    arm.py     ArmS2Config.finish
  *   finish_x86       x86.py     X86FirstStage.finish
@@ -15,9 +15,10 @@
  * table entry" test (TableFormat.prepare).
  *
  * Three shortcuts, each doing exactly what the full loop would for the entries it takes:
- * descend_step goes down through clean table entries; batches run those descents for 8
- * addresses in lockstep (descend_group) when no walk can write guest memory; and
- * finish_clean_leaf hands a clean leaf straight to its format's finish.  Everything else
+ * descend_step goes down through clean table entries; batches run those descents for 16
+ * addresses in lockstep, and read their leaves together (descend_group), when no walk can
+ * write guest memory; and finish_clean_leaf hands a clean leaf straight to its format's
+ * finish.  Everything else
  * (faults, updates, stage 2, other regions) goes through walk_from.
  *
  * Guest memory is read and written only through mem_read_u64 / mem_write_u64 and the

@@ -40,7 +40,6 @@ from .walker import (
     permission_fault,
     tuple_new,
     update_leaf,
-    walk_tables,
 )
 
 # -- descriptor fields (Arm ARM D8.3) ------------------------------------------------------
@@ -327,7 +326,7 @@ class ArmS1Config:
             return Fault(FaultKind.TRANSLATION, Reason.INPUT_RANGE, 1, None, None)
         if root < 0:
             return t.root_fault()
-        return walk_tables(t, mem, ia, root, access, s2)
+        return t.walk_from(mem, ia, root, access, s2)
 
 
 class ArmS2Config(ArmFormat):
@@ -373,7 +372,7 @@ class ArmS2Config(ArmFormat):
             return Fault(FaultKind.TRANSLATION, Reason.INPUT_RANGE, 2, None, None)
         if self.root & self.root_limit:
             return self.root_fault()
-        return walk_tables(self, mem, ia, self.root, access)
+        return self.walk_from(mem, ia, self.root, access, None)
 
     def accumulators(self) -> tuple[bool, bool]:
         return False, False  # stage 2 has no hierarchical attributes

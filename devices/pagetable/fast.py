@@ -38,7 +38,7 @@ GuestMemory stays free to close and remap regions.  Not thread-safe (one result 
 FastWalker), like the daemon.
 
 Speed (scripts/bench_translate.py): one C call per walk costs about as much as a Python
-IOTLB hit, so C pays in batches; a batch walks groups of 8 addresses in lockstep where no
+IOTLB hit, so C pays in batches; a batch walks groups of 16 addresses in lockstep where no
 walk can write guest memory (``_cwalk_core.c``, "Batches overlap walks").
 """
 

@@ -33,7 +33,6 @@ from .walker import (
     permission_fault,
     tuple_new,
     update_leaf,
-    walk_tables,
 )
 
 R = 1 << 0
@@ -102,7 +101,7 @@ class VtdSecondStage(TableFormat):
     def walk(self, mem: MemoryPort, ia: int, access: int) -> Translation | Fault:
         if ia >> self.input_bits:
             return Fault(FaultKind.TRANSLATION, Reason.INPUT_RANGE, 2, None, None)
-        return walk_tables(self, mem, ia, self.root, access)
+        return self.walk_from(mem, ia, self.root, access, None)
 
     def accumulators(self) -> tuple[bool, bool]:
         return True, False  # R/W/X: every entry of the walk must grant it (AND)

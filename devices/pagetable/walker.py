@@ -179,7 +179,7 @@ class TableFormat:
         "stage", "top", "shifts", "index_masks", "type_masks", "table_types", "leaf_types",
         "present_mask", "bad_type_reason", "table_addr_mask", "leaf_addr_masks",
         "rsvd_table", "rsvd_leaf", "oa_limit_mask", "level_names", "table_set", "steps",
-        "access_steps", "word_steps", "access_word_steps", "descend", "access_descend",
+        "access_steps", "word_steps", "access_word_steps", "walk_from",
     )
 
     stage: int
@@ -210,9 +210,10 @@ class TableFormat:
     clean mask, clean value, leaf mask, leaf value) per level, top first; None when the
     table addresses are not 8-byte aligned."""
     access_word_steps: tuple[tuple[int, int, int, int, int, int, int], ...] | None
-    descend: Descend | None
-    """``word_steps`` unrolled into straight-line code (``compile_descent``)."""
-    access_descend: Descend | None
+    walk_from: WalkFrom
+    """``walk_tables`` for this format: ``walk_from(mem, ia, table, access, s2=None)``, with
+    ``word_steps`` and ``access_word_steps`` unrolled into straight-line code
+    (``compile_walk``)."""
 
     def prepare(self) -> None:
         """Derive ``steps`` once the per-level tuples are set (end of every constructor):
@@ -225,14 +226,12 @@ class TableFormat:
         self.access_steps = tuple(self._step(h, self.table_set)
                                   for h in range(self.top, -1, -1))
         self.word_steps = self.access_word_steps = None
-        self.descend = self.access_descend = None
         if not self.table_addr_mask & 7:
             self.word_steps = tuple(step[:5] + self._clean_leaf(step[0])
                                     for step in self.steps)
             self.access_word_steps = tuple(step[:5] + self._clean_leaf(step[0])
                                            for step in self.access_steps)
-            self.descend = compile_descent(self, self.word_steps)
-            self.access_descend = compile_descent(self, self.access_word_steps)
+        self.walk_from = compile_walk(self)
 
     def _clean_leaf(self, h: int) -> tuple[int, int]:
         """(mask, value): ``pte & mask == value`` picks out a *clean leaf*, one that passes
@@ -292,23 +291,25 @@ def walk_tables(
     The caller has already checked ``ia`` against the input range.  With ``s2``, every table
     address is an IPA translated by ``s2`` before it is read (nested translation); a fault
     there comes back as a stage-2 fault with ``s1ptw`` set.
+
+    This is ``fmt.walk_from`` (``compile_walk``), which the formats' own walks call
+    directly: on plain guest memory (a class that itself declares ``direct_words``, so never
+    a recording, replaying or observing wrapper, nor a subclass: they must see every read
+    through read_u64), clean entries of the root table's region are read straight from its
+    mapping as u64 words, the values read_u64 gives.  Anything else (an entry outside that
+    region, a fault, an entry hardware must update) walks again in ``walk_loop``, reading
+    every entry through read_u64; nothing has been written by then, so it decides exactly
+    as if it had been first.
     """
-    direct = _DIRECT.get(type(mem))
-    if direct is None:
-        direct = _DIRECT[type(mem)] = bool(type(mem).__dict__.get("direct_words")) and _NATIVE_LE
-    if direct and s2 is None:
-        # Plain guest memory (a class that itself declares ``direct_words``, so never a
-        # recording, replaying or observing wrapper, nor a subclass: they must see every read
-        # through read_u64): clean entries of the root table's region are read straight
-        # from its mapping as u64 words, the values read_u64 gives (compile_descent).
-        # Anything else (an entry outside that region, a fault, an entry hardware must
-        # update) walks again below, reading every entry through read_u64; nothing has been
-        # written by then, so it decides exactly as if it had been first.
-        descend = fmt.access_descend if access else fmt.descend
-        if descend is not None:
-            done = descend(mem, ia, table, access)
-            if done is not None:
-                return done
+    return fmt.walk_from(mem, ia, table, access, s2)
+
+
+def walk_loop(
+    fmt: TableFormat, mem: MemoryPort, ia: int, table: int, access: int,
+    s2: Walker | None = None,
+) -> Translation | Fault:
+    """``walk_tables`` entry by entry through ``mem.read_u64`` (and ``s2``): the definition
+    the direct walk follows, and the path of everything it does not take."""
     read = mem.read_u64
     present = fmt.present_mask
     table_addr_mask = fmt.table_addr_mask
@@ -366,66 +367,89 @@ def walk_tables(
 _NATIVE_LE = sys.byteorder == "little"  # native u64 words of a mapping are the entries
 _DIRECT: dict[type, bool] = {}  # memory class -> whether walk_tables reads its words directly
 
-Descend = Callable[[MemoryPort, int, int, int], "Translation | Fault | None"]
-"""``descend(mem, ia, table, access)``: the direct walk of ``walk_tables`` from ``table``
-over the u64 words of the guest memory region holding it (``GuestMemory.u64_span``); None
-where it stops short (a table not 8-byte aligned or outside RAM, an entry outside the
-region, neither a clean table entry nor a clean leaf), for the full loop to decide."""
+WalkFrom = Callable[[MemoryPort, int, int, int, "Walker | None"], "Translation | Fault"]
 
 
-def compile_descent(fmt: TableFormat, steps: tuple[tuple[int, ...], ...]) -> Descend:
-    """``steps`` (``word_steps`` or ``access_word_steps``) as one straight-line function.
+def direct_words(cls: type) -> bool:
+    """Whether the walker may read tables of memory of class ``cls`` straight from its
+    words (``walk_tables``), remembered per class."""
+    direct = _DIRECT.get(cls)
+    if direct is None:
+        direct = _DIRECT[cls] = bool(cls.__dict__.get("direct_words")) and _NATIVE_LE
+    return direct
 
-    The loop over ``steps`` costs a tuple unpack and a dozen name loads per level, more than
-    the level's own work; unrolled, each level is an index, a bounds test, one read and one
-    mask test, with the format's constants written in as literals.  The code does exactly
-    what the loop did: the same reads in the same order, clean table entries go down, a
-    clean leaf goes to ``fmt.finish``, anything else returns None; an index past the end
-    of the words is caught as the IndexError of reading it (a try costs nothing until it
-    catches, a bounds test costs every level).  A test that can never
+
+def compile_walk(fmt: TableFormat) -> WalkFrom:
+    """``walk_tables`` for ``fmt`` as one function, its direct walk unrolled.
+
+    Looping over ``word_steps`` costs a tuple unpack and a dozen name loads per level, more
+    than the level's own work; unrolled, each level is an index, one read and one mask
+    test, with the format's constants written in as literals.  The code does exactly what
+    that loop did: the same reads in the same order, clean table entries go down, a clean
+    leaf goes to ``fmt.finish``, anything else goes to ``walk_loop`` from the root.  An
+    index past the end of the words is caught as the IndexError of reading it (a try costs
+    nothing until it catches, a bounds test costs every level).  A test that can never
     match (mask 0, value 1) is left out, with the branch it guards, and so is an
     accumulator ``finish`` does not read (``TableFormat.accumulators``)."""
+    slow = "return loop(fmt, mem, ia, table, access, s2)"
+    lines = ["def walk_from(mem, ia, table, access, s2=None):"]
+    if fmt.word_steps is not None and fmt.access_word_steps is not None:
+        lines += ["    direct = DIRECT.get(type(mem))",
+                  "    if direct is None:",
+                  "        direct = direct_words(type(mem))",
+                  "    if direct and s2 is None and not table & 7:",
+                  "        span = mem.u64_span(table)",
+                  "        if span is not None:",
+                  "            lo, _, words = span",
+                  "            tw = (table - lo) >> 3  # may lie outside the region",
+                  "            acc_and = U64",
+                  "            acc_or = 0",
+                  "            if access:"]
+        lines += _descent(fmt, fmt.access_word_steps, " " * 16, slow)
+        lines += ["            else:"]
+        lines += _descent(fmt, fmt.word_steps, " " * 16, slow)
+    lines.append("    " + slow)
+    namespace: dict[str, object] = {
+        "U64": U64, "DIRECT": _DIRECT, "direct_words": direct_words, "loop": walk_loop,
+        "fmt": fmt, "finish": fmt.finish,
+    }
+    exec(compile("\n".join(lines), f"<walk_from {type(fmt).__name__}>", "exec"), namespace)
+    return namespace["walk_from"]  # type: ignore[return-value]
+
+
+def _descent(fmt: TableFormat, steps: tuple[tuple[int, ...], ...], indent: str,
+             slow: str) -> list[str]:
     keep_and, keep_or = fmt.accumulators()
-    lines = ["def descend(mem, ia, table, access):",
-             "    span = mem.u64_span(table)",
-             "    if span is None or table & 7:",
-             "        return None",
-             "    lo, _, words = span",
-             "    tw = (table - lo) >> 3  # may lie outside the region",
-             "    acc_and = U64",
-             "    acc_or = 0"]
+    lines = []
     for h, shift, index_mask, clean_mask, clean_value, leaf_mask, leaf_value in steps:
-        lines += [f"    i = tw + ((ia >> {shift}) & {index_mask:#x})",
-                  "    if i < 0:",
-                  "        return None",
-                  "    try:",
-                  "        entry = words[i]",
-                  "    except IndexError:  # past the end of the words",
-                  "        return None"]
+        lines += [f"i = tw + ((ia >> {shift}) & {index_mask:#x})",
+                  "if i < 0:",
+                  "    " + slow,
+                  "try:",
+                  "    entry = words[i]",
+                  "except IndexError:  # past the end of the words",
+                  "    " + slow]
         if (clean_mask, clean_value) != (0, 1):
-            lines += [f"    if entry & {clean_mask:#x} == {clean_value:#x}:"]
-            lines += ["        acc_and &= entry"] if keep_and else []
-            lines += ["        acc_or |= entry"] if keep_or else []
-            lines += [f"        tw = ((entry & {fmt.table_addr_mask:#x}) - lo) >> 3",
-                      "    else:"]
-            lines += _leaf_lines("        ", h, leaf_mask, leaf_value)
+            lines += [f"if entry & {clean_mask:#x} == {clean_value:#x}:"]
+            lines += ["    acc_and &= entry"] if keep_and else []
+            lines += ["    acc_or |= entry"] if keep_or else []
+            lines += [f"    tw = ((entry & {fmt.table_addr_mask:#x}) - lo) >> 3",
+                      "else:"]
+            lines += ["    " + line for line in _leaf_lines(h, leaf_mask, leaf_value, slow)]
         else:
-            lines += _leaf_lines("    ", h, leaf_mask, leaf_value)
-    lines.append("    return None")
-    namespace: dict[str, object] = {"U64": U64, "finish": fmt.finish}
-    exec(compile("\n".join(lines), f"<descend {type(fmt).__name__}>", "exec"), namespace)
-    return namespace["descend"]  # type: ignore[return-value]
+            lines += _leaf_lines(h, leaf_mask, leaf_value, slow)
+    lines.append(slow)
+    return [indent + line for line in lines]
 
 
-def _leaf_lines(indent: str, h: int, leaf_mask: int, leaf_value: int) -> list[str]:
-    """A clean leaf at height ``h`` goes to ``finish``; anything else returns None."""
+def _leaf_lines(h: int, leaf_mask: int, leaf_value: int, slow: str) -> list[str]:
+    """A clean leaf at height ``h`` goes to ``finish``; anything else to the loop."""
     if (leaf_mask, leaf_value) == (0, 1):
-        return [indent + "return None"]
-    return [indent + f"if entry & {leaf_mask:#x} == {leaf_value:#x}:",
-            indent + "    pte_addr = lo + (i << 3)",
-            indent + f"    return finish(mem, ia, entry, pte_addr, pte_addr, {h}, acc_and, acc_or, "
-                     "access)",
-            indent + "return None"]
+        return [slow]
+    return [f"if entry & {leaf_mask:#x} == {leaf_value:#x}:",
+            "    pte_addr = lo + (i << 3)",
+            f"    return finish(mem, ia, entry, pte_addr, pte_addr, {h}, acc_and, acc_or, access)",
+            slow]
 
 
 def bad_entry(fmt: TableFormat, pte: int, h: int, pte_addr: int, rsvd: int) -> Fault:

@@ -38,7 +38,6 @@ from .walker import (
     permission_fault,
     tuple_new,
     update_leaf,
-    walk_tables,
 )
 
 P = 1 << 0
@@ -113,7 +112,7 @@ class X86FirstStage(TableFormat):
             return Fault(FaultKind.TRANSLATION, Reason.NON_CANONICAL, 1, None, None)
         if access & ACCESS_PRIV and not self.sre:
             return Fault(FaultKind.PERMISSION, Reason.SUPERVISOR, 1, None, None)
-        return walk_tables(self, mem, ia, self.root, access, s2)
+        return self.walk_from(mem, ia, self.root, access, s2)
 
     def finish(
         self, mem: MemoryPort, ia: int, pte: int, pte_addr: int, pa: int, h: int,
