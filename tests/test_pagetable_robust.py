@@ -176,3 +176,42 @@ def test_direct_walk_is_the_loop(contents: list[int], ias: list[int],
             for access in accesses:
                 assert walker.walk(direct, ia, access) == walker.walk(port, ia, access)
     assert direct.read(RAM, RAM_SIZE) == looped.read(RAM, RAM_SIZE)
+
+
+def test_direct_walk_follows_memory_table_changes() -> None:
+    """The direct walk remembers the root's region per memory and table generation: another
+    memory, or the same memory after its table changed, is read afresh."""
+    from devices.model import Perm
+    from devices.pagetable.builders import ArmS1Builder, TableAllocator
+    from vmm.memory import RegionSpec, make_memfd
+
+    first = anonymous_memory([(RAM, RAM_SIZE)])
+    builder = ArmS1Builder(first, TableAllocator(first, RAM, RAM_SIZE), 4096, 16)
+    builder.map(0x1000, 0x7000_0000, 0x1000, Perm.R)
+    walker = ArmS1Config(builder.table(48))
+    image = first.read(RAM, RAM_SIZE)
+    assert image is not None
+    r = walker.walk(first, 0x1234, 1)
+    assert isinstance(r, Translation) and r.oa == 0x7000_0234
+    # Another memory with the same tables but the page mapped elsewhere.
+    second = anonymous_memory([(RAM, RAM_SIZE)])
+    second.write(RAM, image)
+    builder.unmap(0x1000, 0x1000)
+    assert walker.walk(first, 0x1234, 1) != r
+    builder.map(0x1000, 0x6000_0000, 0x1000, Perm.R)
+    assert walker.walk(second, 0x1234, 1) == r
+    moved = walker.walk(first, 0x1234, 1)
+    assert isinstance(moved, Translation) and moved.oa == 0x6000_0234
+    # The first memory loses its region: the walk cannot read the tables.
+    first.remove(RAM, RAM_SIZE)
+    gone = walker.walk(first, 0x1234, 1)
+    assert isinstance(gone, Fault) and gone.kind == FaultKind.EXTERNAL_ABORT
+    # ... and gets a new one holding the original tables.
+    fd = make_memfd(RAM_SIZE)
+    try:
+        first.add(RegionSpec(RAM, RAM_SIZE, 0), fd)
+    finally:
+        import os
+        os.close(fd)
+    first.write(RAM, image)
+    assert walker.walk(first, 0x1234, 1) == r

@@ -394,24 +394,39 @@ def compile_walk(fmt: TableFormat) -> WalkFrom:
     slow = "return loop(fmt, mem, ia, table, access, s2)"
     lines = ["def walk_from(mem, ia, table, access, s2=None):"]
     if fmt.word_steps is not None and fmt.access_word_steps is not None:
-        lines += ["    direct = DIRECT.get(type(mem))",
-                  "    if direct is None:",
-                  "        direct = direct_words(type(mem))",
-                  "    if direct and s2 is None and not table & 7:",
+        # The root's region is remembered with the memory's generation, which moves on
+        # every change of its table (the region's words stay valid until then).  Holding
+        # the last memory keeps no mapping alive: closing a region unmaps it.
+        lines += ["    global last_mem, last_generation, last_table, last_lo, last_words",
+                  "    if (mem is last_mem and table == last_table and s2 is None",
+                  "            and mem.generation == last_generation):",
+                  "        lo = last_lo",
+                  "        words = last_words",
+                  "    else:",
+                  "        direct = DIRECT.get(type(mem))",
+                  "        if direct is None:",
+                  "            direct = direct_words(type(mem))",
+                  "        if not direct or s2 is not None or table & 7:",
+                  "            " + slow,
                   "        span = mem.u64_span(table)",
-                  "        if span is not None:",
-                  "            lo, _, words = span",
-                  "            tw = (table - lo) >> 3  # may lie outside the region",
-                  "            acc_and = U64",
-                  "            acc_or = 0",
-                  "            if access:"]
-        lines += _descent(fmt, fmt.access_word_steps, " " * 16, slow)
-        lines += ["            else:"]
-        lines += _descent(fmt, fmt.word_steps, " " * 16, slow)
-    lines.append("    " + slow)
+                  "        if span is None:",
+                  "            " + slow,
+                  "        lo, _, words = span",
+                  "        last_mem, last_generation, last_table = mem, mem.generation, table",
+                  "        last_lo, last_words = lo, words",
+                  "    tw = (table - lo) >> 3  # may lie outside the region",
+                  "    acc_and = U64",
+                  "    acc_or = 0",
+                  "    if access:"]
+        lines += _descent(fmt, fmt.access_word_steps, " " * 8, slow)
+        lines += ["    else:"]
+        lines += _descent(fmt, fmt.word_steps, " " * 8, slow)
+    else:
+        lines.append("    " + slow)
     namespace: dict[str, object] = {
         "U64": U64, "DIRECT": _DIRECT, "direct_words": direct_words, "loop": walk_loop,
-        "fmt": fmt, "finish": fmt.finish,
+        "fmt": fmt, "finish": fmt.finish, "last_mem": None, "last_generation": -1,
+        "last_table": -1, "last_lo": 0, "last_words": None,
     }
     exec(compile("\n".join(lines), f"<walk_from {type(fmt).__name__}>", "exec"), namespace)
     return namespace["walk_from"]  # type: ignore[return-value]
