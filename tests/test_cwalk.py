@@ -668,3 +668,26 @@ def test_batch_columns_must_include_info() -> None:
         WalkResults(4, ("oa",))
     with pytest.raises(ValueError):
         WalkResults(4, ("info", "perm"))
+
+
+@requires_c
+def test_batch_group_of_both_halves_after_a_full_group() -> None:
+    """A lockstep group whose walks use both TTB halves is finished walk by walk; nothing
+    of the group before it (its leaves, which of them were read) may leak into it."""
+    mem = anonymous_memory([(TABLES_GPA, 0x10_0000)])
+    b = ArmS1Builder(mem, TableAllocator(mem, TABLES_GPA, 0x10_0000), 4096, 16)
+    lower = [k << 21 for k in range(64)]  # 2 MiB blocks: block descriptors at level 2
+    for ia in lower:
+        b.map(ia, 0x4000_0000 + ia, 1 << 21, Perm.R)
+    # A 39-bit upper half, all zero (every walk faults), starting at level 1 where a
+    # block descriptor would be a leaf.
+    empty_upper = ArmS1Table(TABLES_GPA + 0xF_F000, 4096, 25, 48)
+    walker = ArmS1Config(b.table(48), empty_upper)
+    fw = FastWalker(walker, use_c=True)
+    upper = [(1 << 64) - 0x1000 * (k + 1) for k in range(64)]
+    out = WalkResults(64)
+    assert fw.walk_batch(mem, array("Q", lower), out, ACCESS_R) == 64
+    mixed = [lower[0]] + upper[:63]
+    assert fw.walk_batch(mem, array("Q", mixed), out, ACCESS_R) == 1
+    for i, ia in enumerate(mixed):
+        assert same(walker.walk(mem, ia, ACCESS_R), out.result(i)), hex(ia)

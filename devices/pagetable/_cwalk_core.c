@@ -913,8 +913,9 @@ static inline void descend_group(const struct cw_region *reg, struct walk_state 
     size_t j;
     int h;
 
+    for (j = 0; j < g; j++)
+        read[j] = 0;  /* before any return: the caller looks at every one */
     for (j = 0; j < g; j++) {
-        read[j] = 0;
         if (!started[j])
             continue;
         if (t != NULL && st[j].t != t)

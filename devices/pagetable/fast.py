@@ -434,19 +434,15 @@ class FastWalker:
         results = out._c
         if mem is self._mem and mem.generation == self._generation:
             table = self._table
-        elif results is not None and 0 <= access <= U32:
-            table = self._table_for(mem)
         else:
-            table = None
-        if results is None or table is None or not 0 <= access <= U32:
+            table = self._table_for(mem) if results is not None else None
+        if table is None or not 0 <= access <= U32:
             return self._walk_batch_python(mem, view, out, access, acc_view)
-        with _ffi.from_buffer("uint64_t[]", view) as c_ias:
-            if acc_view is None:
-                return int(_lib.cw_walk_batch(self._c, table, c_ias, n, access, _ffi.NULL,
-                                              results))
-            with _ffi.from_buffer("uint8_t[]", acc_view) as c_acc:
-                return int(_lib.cw_walk_batch(self._c, table, c_ias, n, access, c_acc,
-                                              results))
+        # (The buffer exports end with the call, when their cdata objects go.)
+        c_acc = _ffi.NULL if acc_view is None else _ffi.from_buffer("uint8_t[]", acc_view)
+        done: int = _lib.cw_walk_batch(self._c, table, _ffi.from_buffer("uint64_t[]", view), n,
+                                       access, c_acc, results)
+        return done
 
     def _walk_batch_python(self, mem: MemoryPort, ias: Iterable[int], out: WalkResults,
                            access: int, accesses: memoryview | None) -> int:
