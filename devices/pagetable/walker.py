@@ -437,10 +437,11 @@ def _descent(fmt: TableFormat, steps: tuple[tuple[int, ...], ...], indent: str,
     keep_and, keep_or = fmt.accumulators()
     lines = []
     for h, shift, index_mask, clean_mask, clean_value, leaf_mask, leaf_value in steps:
-        lines += [f"i = tw + ((ia >> {shift}) & {index_mask:#x})",
-                  "if i < 0:",
-                  "    " + slow,
-                  "try:",
+        lines += [f"i = tw + ((ia >> {shift}) & {index_mask:#x})"]
+        if h != fmt.top:  # the root lies in the region: only a lower table can lie below it
+            lines += ["if i < 0:",
+                      "    " + slow]
+        lines += ["try:",
                   "    entry = words[i]",
                   "except IndexError:  # past the end of the words",
                   "    " + slow]
