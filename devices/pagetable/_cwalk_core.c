@@ -900,7 +900,7 @@ finish_clean_leaf(struct cw_memory *m, const struct walk_state *st, uint32_t kin
 
 /* descend_step for a group of started walks (started[j]) in lockstep, level by level, when
  * they all walk the same table tree (otherwise each walk descends later, on its own): no
- * table_set, for no walk of the group may write.  Then the entry each walk stopped at, its
+ * table_set, for no walk of the group may write.  Each walk's state is updated in place.  Then the entry each walk stopped at, its
  * leaf if all went well, is read for all of them at once: read[j] says it was (in RAM, in
  * the region), with its value in pte[j] and its address in pte_addr[j]. */
 static inline void descend_group(const struct cw_region *reg, struct walk_state *st,
@@ -908,7 +908,6 @@ static inline void descend_group(const struct cw_region *reg, struct walk_state 
                                  int *read, uint64_t *pte, uint64_t *pte_addr)
 {
     const struct cw_table *t = NULL;
-    uint64_t table[GROUP], acc_and[GROUP], acc_or[GROUP];
     unsigned active = 0, all;
     size_t j;
     int h;
@@ -921,9 +920,6 @@ static inline void descend_group(const struct cw_region *reg, struct walk_state 
         if (t != NULL && st[j].t != t)
             return;
         t = st[j].t;
-        table[j] = st[j].table;
-        acc_and[j] = st[j].acc_and;
-        acc_or[j] = st[j].acc_or;
         active |= 1u << j;
     }
     if (t == NULL || reg->size < 8)
@@ -936,34 +932,24 @@ static inline void descend_group(const struct cw_region *reg, struct walk_state 
         const uint64_t addr_mask = t->table_addr_mask, base = reg->gpa, last = reg->size - 8;
 
         for (j = 0; j < g; j++) {
+            struct walk_state *s = &st[j];
             uint64_t off, entry;
 
             if (!(active & (1u << j)))
                 continue;
-            off = table[j] + (((ia[j] >> shift) & index_mask) << 3) - base;
+            off = s->table + (((ia[j] >> shift) & index_mask) << 3) - base;
             if (off <= last) {
                 memcpy(&entry, reg->host + off, 8);
                 entry = le64(entry);
                 if ((entry & mask) == value) {
-                    acc_and[j] &= entry;
-                    acc_or[j] |= entry;
-                    table[j] = entry & addr_mask;
+                    s->acc_and &= entry;
+                    s->acc_or |= entry;
+                    s->table = entry & addr_mask;
+                    s->h = h - 1;
                     continue;
                 }
             }
             active &= ~(1u << j);
-            st[j].h = h;
-            st[j].table = table[j];
-            st[j].acc_and = acc_and[j];
-            st[j].acc_or = acc_or[j];
-        }
-    }
-    for (j = 0; j < g; j++) {
-        if (active & (1u << j)) {  /* went all the way down to height h */
-            st[j].h = h;
-            st[j].table = table[j];
-            st[j].acc_and = acc_and[j];
-            st[j].acc_or = acc_or[j];
         }
     }
     for (j = 0; j < g; j++) {
