@@ -52,6 +52,17 @@ class FaultReply(NamedTuple):
     stage: int
 
 
+class Received(NamedTuple):
+    """A message as the connection received it (``Connection.received``)."""
+
+    code: int
+    flags: int
+    size: int
+    fds: tuple[int, ...]
+    late_fds: bool
+    """Whether fds came with a byte other than the header's (the request then fails)."""
+
+
 class Backend(Protocol):
     """What a connection needs from the device side (vmm.guest.GuestSession implements it)."""
 
@@ -176,7 +187,7 @@ class Connection:
             phase = self.phase
             if phase is Phase.PAYLOAD and len(data) == self._size:
                 self.phase = Phase.HEADER
-                return self._dispatch(data)
+                return self.dispatch(data)
             if phase is Phase.HEADER and len(data) == m.HEADER_SIZE:
                 code, flags, size = _HEADER_UNPACK(data)
                 if 0 < size <= m.MAX_PAYLOAD:
@@ -215,12 +226,12 @@ class Connection:
                     break
                 self._code, self._flags, self._size = code, flags, size
                 if size == 0:
-                    out.append(self._dispatch(b""))
+                    out.append(self.dispatch(b""))
                     continue
                 if end - pos >= size:
                     payload = data[pos : pos + size]
                     pos += size
-                    out.append(self._dispatch(payload))
+                    out.append(self.dispatch(payload))
                     continue
                 self.phase = Phase.PAYLOAD
             else:
@@ -229,7 +240,7 @@ class Connection:
                     payload = data if pos == 0 and end == self._size else data[pos : pos + self._size]
                     pos += self._size
                     self.phase = Phase.HEADER
-                    out.append(self._dispatch(payload))
+                    out.append(self.dispatch(payload))
                     continue
                 take = min(self._size - len(buf), end - pos)
                 buf += data[pos : pos + take]
@@ -239,12 +250,21 @@ class Connection:
                 payload = bytes(buf)
                 buf.clear()
                 self.phase = Phase.HEADER
-                out.append(self._dispatch(payload))
+                out.append(self.dispatch(payload))
         return b"".join(out)
 
     # -- dispatch in protocol order ---------------------------------------------------------
 
-    def _dispatch(self, payload: bytes) -> bytes:
+    @property
+    def received(self) -> Received:
+        """The header fields and fds of the message ``dispatch`` is answering.  A subclass
+        wrapping ``dispatch`` reads it before calling the base, which takes the fds."""
+        return Received(self._code, self._flags, self._size, tuple(self._fds), self._late_fds)
+
+    def dispatch(self, payload: bytes) -> bytes:
+        """Answer one complete message (``received``, and its ``payload``): validate it in
+        protocol.md's order and run its handler.  Called once per message, with the stream
+        already framed; a subclass may wrap it to observe every message (vmm/record.py)."""
         code, flags = self._code, self._flags
         fds, late = self._fds, self._late_fds
         self._fds, self._late_fds = [], False

@@ -253,30 +253,29 @@ class _Tracked:
 class RecordingConnection(Connection):
     """A ``Connection`` that hands every message it dispatches, whole, to its recorder.
 
-    It hooks the connection's dispatch step (``Connection._dispatch``, called once per
-    message with the header fields and fds already collected), so chunks pass through
-    untouched and everything a request causes lands between its placeholder entry and the
-    next one.  An oversized message (step 2) is not dispatched: ``receive`` notes it."""
+    It wraps the connection's dispatch step (``Connection.dispatch``, called once per
+    message with its header fields and fds collected in ``Connection.received``), so chunks
+    pass through untouched and everything a request causes lands between its placeholder
+    entry and the next one.  An oversized message (step 2) is not dispatched: ``receive``
+    notes it."""
 
     def __init__(self, session: GuestSession, recorder: Recorder) -> None:
         super().__init__(session)
         self.recorder = recorder
 
-    def _dispatch(self, payload: bytes) -> bytes:
+    def dispatch(self, payload: bytes) -> bytes:
         recorder = self.recorder
         entries = recorder.entries
         mark = len(entries)
         entries.append(None)  # what the request causes comes after its line
-        code = self._code
-        message = _PACK_HEADER(code, self._flags, self._size) + payload
-        fds = self._fds
+        code, flags, size, fds, late = self.received
+        message = _PACK_HEADER(code, flags, size) + payload
         kinds = tuple(fd_kind(fd) for fd in fds) if fds else ()
-        late = self._late_fds
         # An MMIO request reaches one model: only its registers can have changed.
         tracked = recorder._by_device.get(payload[:4], recorder._tracked) \
             if code in _MMIO_CODES else recorder._tracked
         try:
-            reply = Connection._dispatch(self, payload)
+            reply = super().dispatch(payload)
         except BaseException:
             # A bug escaped the model: keep the request (with no reply) so the trace ends at
             # the request that raised and ``vmm replay`` raises there again.
