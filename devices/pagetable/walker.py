@@ -396,7 +396,8 @@ def compile_walk(fmt: TableFormat) -> WalkFrom:
     if fmt.word_steps is not None and fmt.access_word_steps is not None:
         # The root's region is remembered with the memory's generation, which moves on
         # every change of its table (the region's words stay valid until then).  Holding
-        # the last memory keeps no mapping alive: closing a region unmaps it.
+        # the last memory keeps no mapping alive: closing a region unmaps it.  One walk at
+        # a time per format, like the rest of the device side (one trio thread).
         lines += ["    global last_mem, last_generation, last_table, last_lo, last_words",
                   "    if (mem is last_mem and table == last_table and s2 is None",
                   "            and mem.generation == last_generation):",
