@@ -398,11 +398,13 @@ def compile_walk(fmt: TableFormat) -> WalkFrom:
         # every change of its table (the region's words stay valid until then).  Holding
         # the last memory keeps no mapping alive: closing a region unmaps it.  One walk at
         # a time per format, like the rest of the device side (one trio thread).
-        lines += ["    global last_mem, last_generation, last_table, last_lo, last_words",
+        keep_and, keep_or = fmt.accumulators()
+        lines += ["    global last_mem, last_generation, last_table, last_lo, last_words, last_tw",
                   "    if (mem is last_mem and table == last_table and s2 is None",
                   "            and mem.generation == last_generation):",
                   "        lo = last_lo",
                   "        words = last_words",
+                  "        tw = last_tw",
                   "    else:",
                   "        direct = DIRECT.get(type(mem))",
                   "        if direct is None:",
@@ -413,12 +415,12 @@ def compile_walk(fmt: TableFormat) -> WalkFrom:
                   "        if span is None:",
                   "            " + slow,
                   "        lo, _, words = span",
+                  "        tw = (table - lo) >> 3  # the root's word index",
                   "        last_mem, last_generation, last_table = mem, mem.generation, table",
-                  "        last_lo, last_words = lo, words",
-                  "    tw = (table - lo) >> 3  # may lie outside the region",
-                  "    acc_and = U64",
-                  "    acc_or = 0",
-                  "    if access:"]
+                  "        last_lo, last_words, last_tw = lo, words, tw"]
+        lines += ["    acc_and = U64"] if keep_and else []
+        lines += ["    acc_or = 0"] if keep_or else []
+        lines += ["    if access:"]
         lines += _descent(fmt, fmt.access_word_steps, " " * 8, slow)
         lines += ["    else:"]
         lines += _descent(fmt, fmt.word_steps, " " * 8, slow)
@@ -427,7 +429,7 @@ def compile_walk(fmt: TableFormat) -> WalkFrom:
     namespace: dict[str, object] = {
         "U64": U64, "DIRECT": _DIRECT, "direct_words": direct_words, "loop": walk_loop,
         "fmt": fmt, "finish": fmt.finish, "last_mem": None, "last_generation": -1,
-        "last_table": -1, "last_lo": 0, "last_words": None,
+        "last_table": -1, "last_lo": 0, "last_words": None, "last_tw": 0,
     }
     exec(compile("\n".join(lines), f"<walk_from {type(fmt).__name__}>", "exec"), namespace)
     return namespace["walk_from"]  # type: ignore[return-value]
@@ -452,20 +454,26 @@ def _descent(fmt: TableFormat, steps: tuple[tuple[int, ...], ...], indent: str,
             lines += ["    acc_or |= entry"] if keep_or else []
             lines += [f"    tw = ((entry & {fmt.table_addr_mask:#x}) - lo) >> 3",
                       "else:"]
-            lines += ["    " + line for line in _leaf_lines(h, leaf_mask, leaf_value, slow)]
+            lines += ["    " + line for line in _leaf_lines(fmt, h, leaf_mask, leaf_value, slow)]
         else:
-            lines += _leaf_lines(h, leaf_mask, leaf_value, slow)
+            lines += _leaf_lines(fmt, h, leaf_mask, leaf_value, slow)
     lines.append(slow)
     return [indent + line for line in lines]
 
 
-def _leaf_lines(h: int, leaf_mask: int, leaf_value: int, slow: str) -> list[str]:
-    """A clean leaf at height ``h`` goes to ``finish``; anything else to the loop."""
+def _leaf_lines(fmt: TableFormat, h: int, leaf_mask: int, leaf_value: int,
+                slow: str) -> list[str]:
+    """A clean leaf at height ``h`` goes to ``finish``; anything else to the loop.  An
+    accumulator ``finish`` does not read goes as its starting value."""
     if (leaf_mask, leaf_value) == (0, 1):
         return [slow]
+    keep_and, keep_or = fmt.accumulators()
+    acc_and = "acc_and" if keep_and else "U64"
+    acc_or = "acc_or" if keep_or else "0"
     return [f"if entry & {leaf_mask:#x} == {leaf_value:#x}:",
             "    pte_addr = lo + (i << 3)",
-            f"    return finish(mem, ia, entry, pte_addr, pte_addr, {h}, acc_and, acc_or, access)",
+            f"    return finish(mem, ia, entry, pte_addr, pte_addr, {h}, {acc_and}, {acc_or}, "
+            "access)",
             slow]
 
 
