@@ -531,6 +531,8 @@ def bench_translate(opts: Options) -> Result:
     res.notes.append("targets: iotlb_hit_per_s >= 3 M/s, walk_miss_python_per_s >= 500 k/s, "
                      "walk_c_batched_vs_reference_ratio >= 0.3; rates in CPU time, each "
                      "figure the fastest repetition (interference only adds time)")
+    res.notes.append("the *_vs_python_loop ratios: per repetition, over the bare loop; on the "
+                     "baseline machine (36.9 M loops/s) the targets are 0.081 and 0.0135")
     return res
 
 

@@ -12,7 +12,13 @@
 * ``walk_miss_c_batched_per_s``: ``FastWalker.walk_batch``, batches of 1024;
 * ``walk_miss_c_reference_per_s``: a plain C 4-level walker over the same tables, compiled
   in the same run, no Python per translation (the reference; needs a compiler);
-* ``walk_c_batched_vs_reference_ratio``: batched ÷ reference (target ≥ 0.3).
+* ``walk_c_batched_vs_reference_ratio``: batched ÷ reference (target ≥ 0.3);
+* ``python_loop_reference_per_s``: the bare Python loop the Python figures run in (no
+  target), and ``iotlb_hit_vs_python_loop_ratio`` / ``walk_miss_python_vs_python_loop_ratio``:
+  those figures over it, repetition by repetition (median).  On a machine that is slow for
+  a while, every repetition of the absolute figures can be slow; these ratios show whether
+  the code or the machine moved.  (performance-baseline.md §4 timed this loop at 27.1 ns,
+  36.9 M/s; there the targets of 3 M/s and 500 k/s are 0.081 and 0.0135 of it.)
 
 Method (shared/reference/performance-baseline.md §4): Arm VMSAv8-64 stage 1, 4 KiB granule,
 48-bit input (4 levels), tables in a memfd shared mapping; 64 runs of 256 pages at random
@@ -194,6 +200,19 @@ def _iotlb_hits(s: Setup) -> Callable[[], int]:
     return run
 
 
+def _python_loop(s: Setup) -> Callable[[], int]:
+    """The bare loop the Python figures run in, with the shift of baseline §4: a measure of
+    how fast this interpreter runs right now, for comparing runs on a noisy machine."""
+    ias = s.ias
+
+    def run() -> int:
+        total = 0
+        for ia in ias:
+            total ^= ia >> 12
+        return total
+    return run
+
+
 def _reference(s: Setup, tmp: str) -> Callable[[], int] | None:
     try:
         from cffi import FFI
@@ -242,6 +261,7 @@ def translate_figures(reps: int = 5, n: int = 65536, cpu: int | None = None,
             "walk_miss_c_per_s": _c_walks(s) if BUILT else None,
             "walk_miss_c_batched_per_s": _c_batches(s) if BUILT else None,
             "walk_miss_c_reference_per_s": _reference(s, tmp),
+            "python_loop_reference_per_s": _python_loop(s),
         }
         runs = {name: fn for name, fn in variants.items() if fn is not None}
         rates: dict[str, list[float]] = {name: [] for name in runs}
@@ -259,6 +279,14 @@ def translate_figures(reps: int = 5, n: int = 65536, cpu: int | None = None,
     figures = {name: max(values) for name, values in rates.items()}
     if ratios:
         figures["walk_c_batched_vs_reference_ratio"] = figures[pair[0]] / figures[pair[1]]
+    # The Python figures over the bare loop timed next to them, per repetition (median): a
+    # slow phase of the machine slows both, so these move less than the rates themselves.
+    loop = rates["python_loop_reference_per_s"]
+    per_loop = {name: statistics.median(rate / base for rate, base
+                                        in zip(rates[name], loop, strict=True))
+                for name in ("iotlb_hit_per_s", "walk_miss_python_per_s")}
+    figures["iotlb_hit_vs_python_loop_ratio"] = per_loop["iotlb_hit_per_s"]
+    figures["walk_miss_python_vs_python_loop_ratio"] = per_loop["walk_miss_python_per_s"]
     if rows is not None:
         for name, values in rates.items():
             rows.append([name, f"{figures[name]:,.0f}", f"{1e9 / figures[name]:.1f}",
@@ -269,6 +297,8 @@ def translate_figures(reps: int = 5, n: int = 65536, cpu: int | None = None,
                          f"{figures['walk_c_batched_vs_reference_ratio']:.3f}", "",
                          f"{statistics.median(ratios):.3f}",
                          f"{min(ratios):.3f}–{max(ratios):.3f}"])
+        for name in ("iotlb_hit_vs_python_loop_ratio", "walk_miss_python_vs_python_loop_ratio"):
+            rows.append([name, "", "", f"{figures[name]:.4f}", ""])
         rows.append([f"({len(s.pages)} mapped pages, {s.table_pages} table pages, "
                      f"{n} translations × {reps} reps)", "", "", "", ""])
     return figures
