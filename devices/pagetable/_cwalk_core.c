@@ -449,6 +449,26 @@ static inline void finish_vtdss(struct res *r, const struct leaf *l)
     translation(r, t, l->h, l->ia, pte, l->pte_addr, l->access, perm, perm, attrs);
 }
 
+/* The format's finish for a leaf (kind is a constant where the caller knows it). */
+static inline __attribute__((always_inline)) void
+finish_leaf(struct res *r, const struct leaf *l, uint32_t kind)
+{
+    switch (kind) {
+    case CW_ARM_S1:
+        finish_arm_s1(r, l);
+        return;
+    case CW_ARM_S2:
+        finish_arm_s2(r, l);
+        return;
+    case CW_X86:
+        finish_x86(r, l);
+        return;
+    default:
+        finish_vtdss(r, l);
+        return;
+    }
+}
+
 /* -- the walk ------------------------------------------------------------------------------ */
 
 /* Where a walk of one table tree stands: the table to read next at height h, and the
@@ -574,20 +594,8 @@ walk_from(struct cw_memory *m, struct walk_state *st, const uint32_t kind, uint6
         l.acc_and = acc_and;
         l.acc_or = acc_or;
         l.access = access;
-        switch (kind) {
-        case CW_ARM_S1:
-            finish_arm_s1(r, &l);
-            return;
-        case CW_ARM_S2:
-            finish_arm_s2(r, &l);
-            return;
-        case CW_X86:
-            finish_x86(r, &l);
-            return;
-        default:
-            finish_vtdss(r, &l);
-            return;
-        }
+        finish_leaf(r, &l, kind);
+        return;
     }
     fault(r, K_TRANSLATION, t->bad_type_reason, t->stage);
 }
@@ -873,20 +881,7 @@ finish_clean_leaf(struct cw_memory *m, const struct walk_state *st, uint32_t kin
     l.acc_and = st->acc_and;
     l.acc_or = st->acc_or;
     l.access = access;
-    switch (kind) {
-    case CW_ARM_S1:
-        finish_arm_s1(r, &l);
-        break;
-    case CW_ARM_S2:
-        finish_arm_s2(r, &l);
-        break;
-    case CW_X86:
-        finish_x86(r, &l);
-        break;
-    default:
-        finish_vtdss(r, &l);
-        break;
-    }
+    finish_leaf(r, &l, kind);
     return 1;
 }
 
