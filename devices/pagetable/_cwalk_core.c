@@ -7,6 +7,7 @@
  *   finish_arm_s2    arm.py     ArmS2Config.finish
  *   finish_x86       x86.py     X86FirstStage.finish
  *   finish_vtdss     vtdss.py   VtdSecondStage.finish
+ *   finish_ad        walker.py  AccessDirtyFormat.finish_ad
  *   regime_start     ArmS1Config.walk, ArmS2Config.walk, X86FirstStage.walk,
  *                    VtdSecondStage.walk (the checks before the tables)
  *   walker_walk      nested.py  Nested.walk
@@ -389,16 +390,40 @@ static inline void finish_arm_s2(struct res *r, const struct leaf *l)
     translation(r, t, l->h, l->ia, pte, l->pte_addr, l->access, priv, user, attrs);
 }
 
+/* walker.py AccessDirtyFormat.finish_ad: the permission check, the A/D update a request
+ * makes, and the translation, for leaves with A and D bits (x86 first stage, VT-d second
+ * stage). */
+static inline void finish_ad(struct res *r, const struct leaf *l, uint64_t a, uint64_t d,
+                             uint32_t priv, uint32_t user, uint32_t attrs)
+{
+    const struct cw_table *t = l->t;
+    uint64_t pte = l->pte, new_pte = pte;
+    uint32_t perm = (l->access & ACC_PRIV) ? priv : user;
+
+    if (l->access & PERM_MASK & ~perm) {
+        permission_fault(r, l);
+        return;
+    }
+    if (t->ad && l->access) {
+        new_pte = pte | a | ((l->access & ACC_W) ? d : 0);
+        if (new_pte != pte
+            && !update_leaf(r, t, l->m, l->has_pa, l->pa, new_pte, l->h, l->pte_addr, pte))
+            return;
+    }
+    attrs |= ((new_pte & a) ? ATTR_ACCESSED : 0) | ((new_pte & d) ? ATTR_DIRTY : 0);
+    translation(r, t, l->h, l->ia, pte, l->pte_addr, l->access, priv, user, attrs);
+}
+
 /* x86.py X86FirstStage.finish */
 static inline void finish_x86(struct res *r, const struct leaf *l)
 {
     const struct cw_table *t = l->t;
-    uint64_t pte = l->pte, new_pte = pte;
+    uint64_t pte = l->pte;
     uint64_t every = l->acc_and & pte;
     int executable = !((l->acc_or | pte) & X86_XD);
     int user_page = (every & X86_US) != 0;
     int writable = (every & X86_RW) != 0;
-    uint32_t user = 0, priv = 0, perm, attrs;
+    uint32_t user = 0, priv = 0;
 
     if (user_page)
         user = ACC_R | (writable ? ACC_W : 0) | (executable ? ACC_X : 0);
@@ -407,46 +432,21 @@ static inline void finish_x86(struct res *r, const struct leaf *l)
         if (executable && !(t->smep && user_page))
             priv |= ACC_X;
     }
-    perm = (l->access & ACC_PRIV) ? priv : user;
-    if (l->access & PERM_MASK & ~perm) {
-        permission_fault(r, l);
-        return;
-    }
-    if (t->ad && l->access) {
-        new_pte = pte | X86_A | ((l->access & ACC_W) ? X86_D : 0);
-        if (new_pte != pte
-            && !update_leaf(r, t, l->m, l->has_pa, l->pa, new_pte, l->h, l->pte_addr, pte))
-            return;
-    }
-    attrs = ((pte & X86_G) ? ATTR_GLOBAL : 0) | ((new_pte & X86_A) ? ATTR_ACCESSED : 0)
-            | ((new_pte & X86_D) ? ATTR_DIRTY : 0);
-    translation(r, t, l->h, l->ia, pte, l->pte_addr, l->access, priv, user, attrs);
+    finish_ad(r, l, X86_A, X86_D, priv, user, (pte & X86_G) ? ATTR_GLOBAL : 0);
 }
 
 /* vtdss.py VtdSecondStage.finish */
 static inline void finish_vtdss(struct res *r, const struct leaf *l)
 {
     const struct cw_table *t = l->t;
-    uint64_t pte = l->pte, new_pte = pte;
+    uint64_t pte = l->pte;
     uint64_t every = l->acc_and & pte;
-    uint32_t perm, attrs;
+    uint32_t perm;
 
     perm = ((every & SS_R) ? ACC_R : 0) | ((every & SS_W) ? ACC_W : 0);
     if (t->ssee ? (every & SS_X) : (every & SS_R))
         perm |= ACC_X;
-    if (l->access & PERM_MASK & ~perm) {
-        permission_fault(r, l);
-        return;
-    }
-    if (t->ad && l->access) {
-        new_pte = pte | SS_A | ((l->access & ACC_W) ? SS_D : 0);
-        if (new_pte != pte
-            && !update_leaf(r, t, l->m, l->has_pa, l->pa, new_pte, l->h, l->pte_addr, pte))
-            return;
-    }
-    attrs = ((pte & SS_SNP) ? ATTR_SNOOP : 0) | ((new_pte & SS_A) ? ATTR_ACCESSED : 0)
-            | ((new_pte & SS_D) ? ATTR_DIRTY : 0);
-    translation(r, t, l->h, l->ia, pte, l->pte_addr, l->access, perm, perm, attrs);
+    finish_ad(r, l, SS_A, SS_D, perm, perm, (pte & SS_SNP) ? ATTR_SNOOP : 0);
 }
 
 /* The format's finish for a leaf (kind is a constant where the caller knows it). */

@@ -22,17 +22,11 @@ from .walker import (
     ACCESS_R,
     ACCESS_W,
     ACCESS_X,
-    ATTR_ACCESSED,
-    ATTR_DIRTY,
     ATTR_SNOOP,
-    PERM_MASK,
+    AccessDirtyFormat,
     Fault,
     Reason,
-    TableFormat,
     Translation,
-    permission_fault,
-    tuple_new,
-    update_leaf,
 )
 
 R = 1 << 0
@@ -54,10 +48,12 @@ def agaw_bits(levels: int) -> int:
     return 12 + 9 * levels
 
 
-class VtdSecondStage(TableFormat):
+class VtdSecondStage(AccessDirtyFormat):
     """A second-stage table tree with its context/PASID-entry controls."""
 
-    __slots__ = ("root", "levels", "haw", "input_bits", "ssee", "ad", "sizes")
+    __slots__ = ("root", "levels", "haw", "input_bits", "ssee")
+    A = A
+    D = D
 
     def __init__(self, root: int, levels: int = 4, haw: int = 48, *, sp_2m: bool = True,
                  sp_1g: bool = True, ssee: bool = False, ad: bool = False, snp: bool = True,
@@ -114,17 +110,5 @@ class VtdSecondStage(TableFormat):
         perm = (ACCESS_R if every & R else 0) | (ACCESS_W if every & W else 0)
         if every & X if self.ssee else every & R:
             perm |= ACCESS_X
-        if access & PERM_MASK & ~perm:
-            return permission_fault(self, h, pte_addr, pte)
-        new = pte
-        if self.ad and access:
-            new = pte | A | (D if access & ACCESS_W else 0)
-            if new != pte:
-                failed = update_leaf(self, mem, pa, new, h, pte_addr, pte)
-                if failed is not None:
-                    return failed
-        size = self.sizes[h]
-        attrs = (ATTR_SNOOP if pte & SNP else 0) | (ATTR_ACCESSED if new & A else 0) | \
-            (ATTR_DIRTY if new & D else 0)
-        return tuple_new(Translation, ((pte & self.leaf_addr_masks[h]) | (ia & (size - 1)),
-                                       size, h + 1, perm, perm, perm, attrs, pte, pte_addr))
+        return self.finish_ad(mem, ia, pte, pte_addr, pa, h, access, perm, perm,
+                              ATTR_SNOOP if pte & SNP else 0)

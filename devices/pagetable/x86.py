@@ -26,18 +26,12 @@ from .walker import (
     ACCESS_R,
     ACCESS_W,
     ACCESS_X,
-    ATTR_ACCESSED,
-    ATTR_DIRTY,
     ATTR_GLOBAL,
-    PERM_MASK,
+    AccessDirtyFormat,
     Fault,
     Reason,
-    TableFormat,
     Translation,
     Walker,
-    permission_fault,
-    tuple_new,
-    update_leaf,
 )
 
 P = 1 << 0
@@ -57,10 +51,12 @@ ADDR_BITS_MAX = 52
 LEVELS = (4, 5)
 
 
-class X86FirstStage(TableFormat):
+class X86FirstStage(AccessDirtyFormat):
     """A first-stage table tree with its PASID-entry controls."""
 
-    __slots__ = ("root", "levels", "haw", "va_bits", "sre", "wpe", "smep", "ad", "sizes")
+    __slots__ = ("root", "levels", "haw", "va_bits", "sre", "wpe", "smep")
+    A = A
+    D = D
 
     def __init__(self, root: int, levels: int = 4, haw: int = 48, *, page_1g: bool = True,
                  nxe: bool = True, sre: bool = True, wpe: bool = False, smep: bool = False,
@@ -130,18 +126,5 @@ class X86FirstStage(TableFormat):
             priv = ACCESS_R | (ACCESS_W if writable or not self.wpe else 0)
             if executable and not (self.smep and user_page):
                 priv |= ACCESS_X
-        perm = priv if access & ACCESS_PRIV else user
-        if access & PERM_MASK & ~perm:
-            return permission_fault(self, h, pte_addr, pte)
-        new = pte
-        if self.ad and access:
-            new = pte | A | (D if access & ACCESS_W else 0)
-            if new != pte:
-                failed = update_leaf(self, mem, pa, new, h, pte_addr, pte)
-                if failed is not None:
-                    return failed
-        size = self.sizes[h]
-        attrs = (ATTR_GLOBAL if pte & G else 0) | (ATTR_ACCESSED if new & A else 0) | \
-            (ATTR_DIRTY if new & D else 0)
-        return tuple_new(Translation, ((pte & self.leaf_addr_masks[h]) | (ia & (size - 1)),
-                                       size, h + 1, perm, priv, user, attrs, pte, pte_addr))
+        return self.finish_ad(mem, ia, pte, pte_addr, pa, h, access, priv, user,
+                              ATTR_GLOBAL if pte & G else 0)
