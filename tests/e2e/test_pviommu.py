@@ -22,9 +22,8 @@ from protocols import messages as m
 from protocols import pviommu as pv
 from protocols.messages import Request
 from protocols.pviommu import Cmd
-from vmm.cli import bind_listener
+from tests.e2e.attach import start_guest
 from vmm.config import DaemonConfig, build_devices
-from vmm.daemon import serve_listener
 from vmm.harness import Client, Fault, GuestRam, Translation
 
 RAM_BASE = 0x8000_0000
@@ -109,18 +108,10 @@ async def pv_guest(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Facto
         async def make(*options: str, devices: tuple[str, ...] = ()) -> Pv:
             nonlocal count
             count += 1
-            path = str(tmp_path / f"pv{count}.sock")
-            listener = bind_listener(path)
-            stack.callback(listener.close)
             spec = ",".join(("pv-iommu", "rids=0-0xff", *options))
             config = DaemonConfig(build_devices([spec, *devices]))
-            await nursery.start(serve_listener, listener, config)
-            client = await Client.connect(path)
-            stack.push_async_callback(client.aclose)
-            ram = GuestRam(RAM_BASE, RAM_SIZE)
-            stack.callback(ram.close)
-            await client.set_mem_table([ram])
-            return Pv(client, ram)
+            return Pv(*await start_guest(stack, nursery, str(tmp_path / f"pv{count}.sock"),
+                                         config, RAM_BASE, RAM_SIZE))
 
         yield make
 

@@ -7,7 +7,6 @@ requester 0x18 behind the physical IOMMU at 0xfed00000 is the guest's requester 
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -18,22 +17,13 @@ import trio
 from devices.model import Perm
 from protocols import messages as m
 from protocols.messages import Request
-from vmm.cli import bind_listener
-from vmm.daemon import serve_listener
-from vmm.devidmap import add_config_options, load_daemon_config
+from tests.e2e.attach import daemon_config, start_guest
 from vmm.drivers.vtd import VTdDriver
 from vmm.harness import Client, Fault, GuestRam
 
 RAM_BASE = 0x8000_0000
 PIOMMU = 0xFED0_0000
 PSID, VSID = 0x18, 0x20
-
-
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--device", action="append")
-    add_config_options(parser)
-    return parser.parse_args(list(argv))
 
 
 Factory = Callable[..., Awaitable[tuple[Client, GuestRam, dict[str, object]]]]
@@ -44,15 +34,8 @@ async def mapped_guest(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[F
     async with AsyncExitStack() as stack:
 
         async def make(*argv: str) -> tuple[Client, GuestRam, dict[str, object]]:
-            path = str(tmp_path / "map.sock")
-            listener = bind_listener(path)
-            stack.callback(listener.close)
-            await nursery.start(serve_listener, listener, load_daemon_config(parse(*argv)))
-            client = await Client.connect(path)
-            stack.push_async_callback(client.aclose)
-            ram = GuestRam(RAM_BASE, 16 << 20)
-            stack.callback(ram.close)
-            await client.set_mem_table([ram])
+            client, ram = await start_guest(stack, nursery, str(tmp_path / "map.sock"),
+                                            daemon_config(*argv), RAM_BASE, 16 << 20)
             return client, ram, await client.get_config()
 
         yield make

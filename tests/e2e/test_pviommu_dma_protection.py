@@ -6,7 +6,6 @@ a DMA-capable device no IOMMU covers (the MMC controller of the seed's example).
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -18,9 +17,7 @@ import trio
 from protocols import messages as m
 from protocols import pviommu as pv
 from protocols.messages import Request
-from vmm.cli import bind_listener
-from vmm.daemon import serve_listener
-from vmm.devidmap import add_config_options, load_daemon_config
+from tests.e2e.attach import daemon_config, start_guest
 from vmm.harness import BounceBuffer, Client, Fault, GuestRam, dma_protected
 
 RAM_BASE = 0x8000_0000
@@ -30,27 +27,13 @@ MMC = (1, 0x10)  # declared, unprotected
 Factory = Callable[..., Awaitable[tuple[Client, GuestRam, dict[str, Any]]]]
 
 
-def parse(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--device", action="append")
-    add_config_options(parser)
-    return parser.parse_args(list(argv))
-
-
 @pytest.fixture
 async def guest(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[Factory]:
     async with AsyncExitStack() as stack:
 
         async def make(*argv: str) -> tuple[Client, GuestRam, dict[str, Any]]:
-            path = str(tmp_path / "prot.sock")
-            listener = bind_listener(path)
-            stack.callback(listener.close)
-            await nursery.start(serve_listener, listener, load_daemon_config(parse(*argv)))
-            client = await Client.connect(path)
-            stack.push_async_callback(client.aclose)
-            ram = GuestRam(RAM_BASE, 4 << 20)
-            stack.callback(ram.close)
-            await client.set_mem_table([ram])
+            client, ram = await start_guest(stack, nursery, str(tmp_path / "prot.sock"),
+                                            daemon_config(*argv), RAM_BASE, 4 << 20)
             return client, ram, await client.get_config()
 
         yield make
