@@ -119,20 +119,12 @@ def _checked_phantoms(text: str) -> str:
     return text
 
 
-def _positive(limit: int) -> Callable[[str], int]:
+def _int_within(low: int, high: int) -> Callable[[str], int]:
+    """An option parser for an integer in ``low``-``high``."""
     def parse(text: str) -> int:
         value = int(text, 0)
-        if not 1 <= value <= limit:
-            raise ValueError(f"{value} is not within 1-{limit}")
-        return value
-    return parse
-
-
-def _count(limit: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text, 0)
-        if not 0 <= value <= limit:
-            raise ValueError(f"{value} is not within 0-{limit}")
+        if not low <= value <= high:
+            raise ValueError(f"{value} is not within {low}-{high}")
         return value
     return parse
 
@@ -151,10 +143,10 @@ class PvIommu(IommuModel):
                "the default context blocks all DMA (Xen's dom0-iommu=no-dma)"),
         Option("max-contexts", "int", 128,
                "contexts init may grant besides the default one (capabilities max_ctx_no)",
-               parse=_count(0xFFFF)),
+               parse=_int_within(0, 0xFFFF)),
         Option("max-pages", "int", 256,
                "largest map/unmap batch in pages (bounded by the host's max_pages_per_op)",
-               parse=_positive(1 << 16)),
+               parse=_int_within(1, 1 << 16)),
         Option("phantom", "str", "",
                "devices with phantom functions: RID/STRIDE[:RID/STRIDE...]",
                parse=_checked_phantoms),
