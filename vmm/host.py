@@ -437,24 +437,31 @@ class HostIOMMU:
         context.s2.add(iova, gpa, size, perms & RWX, False)
         return 0
 
+    def _batch_context(self, ctx: int, count: int) -> Context | int:
+        """The context a map_pages / unmap_pages batch changes, or the -errno that refuses
+        the batch whole, in the PV-IOMMU order (E2BIG, ENOENT, EPERM)."""
+        if count > self.caps.max_pages_per_op:
+            return -E.E2BIG
+        context = self.contexts.get(ctx)
+        if context is None:
+            return -E.ENOENT
+        if ctx == 0:
+            return -E.EPERM  # the default context can be neither changed nor freed
+        return context
+
     def map_pages(self, ctx: int, dfn: int, gfn: int, count: int, perms: int,
                   ) -> tuple[int, int]:
         """Map ``count`` 4 KiB pages; (pages mapped, 0 or -errno at the first failure)."""
-        if count > self.caps.max_pages_per_op:
-            return 0, -E.E2BIG
-        context = self.contexts.get(ctx)
-        if context is None:
-            return 0, -E.ENOENT
-        if ctx == 0:
-            return 0, -E.EPERM  # the default context can be neither changed nor freed
+        context = self._batch_context(ctx, count)
+        if isinstance(context, int):
+            return 0, context
         if not perms & (Perm.R | Perm.W):
             return 0, -E.EINVAL
-        ram = self.memory
+        contains = getattr(self.memory, "contains", None)
         for i in range(count):
             iova, gpa = (dfn + i) * PAGE, (gfn + i) * PAGE
-            if (dfn + i) * PAGE >> self.caps.max_iova_bits:
+            if iova >> self.caps.max_iova_bits:
                 return i, -E.EINVAL
-            contains = getattr(ram, "contains", None)
             if contains is not None and not contains(gpa, PAGE):
                 return i, -E.ENOENT
             if context.s2.find(iova) is not None:
@@ -471,13 +478,9 @@ class HostIOMMU:
         return removed
 
     def unmap_pages(self, ctx: int, dfn: int, count: int) -> tuple[int, int]:
-        if count > self.caps.max_pages_per_op:
-            return 0, -E.E2BIG
-        context = self.contexts.get(ctx)
-        if context is None:
-            return 0, -E.ENOENT
-        if ctx == 0:
-            return 0, -E.EPERM
+        context = self._batch_context(ctx, count)
+        if isinstance(context, int):
+            return 0, context
         for i in range(count):
             iova = (dfn + i) * PAGE
             hit = context.s2.find(iova)
