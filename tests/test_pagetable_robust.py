@@ -215,3 +215,19 @@ def test_direct_walk_follows_memory_table_changes() -> None:
         os.close(fd)
     first.write(RAM, image)
     assert walker.walk(first, 0x1234, 1) == r
+
+
+def test_walk_code_is_shared_by_shape_and_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Formats of one shape share the compiled walk (each with its own names bound); the
+    store of compiled shapes stays within its bound however many shapes guests configure."""
+    from devices.pagetable import walker
+
+    a, b = ArmS1Table(RAM, 4096, 16, 48), ArmS1Table(RAM + 0x1000, 4096, 16, 48)
+    assert a.walk_from.__code__ is b.walk_from.__code__
+    assert a.walk_from.__globals__["fmt"] is a and b.walk_from.__globals__["fmt"] is b
+    monkeypatch.setattr(walker, "_WALK_CODE", {})
+    monkeypatch.setattr(walker, "_WALK_CODE_MAX", 4)
+    shapes = [ArmS1Table(RAM, granule, tsz, oas)
+              for granule in (4096, 16384, 65536) for tsz in (16, 25) for oas in (40, 48)]
+    assert len({t.walk_from.__code__ for t in shapes}) > 4
+    assert len(walker._WALK_CODE) == 4

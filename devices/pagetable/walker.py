@@ -34,6 +34,7 @@ from __future__ import annotations
 import enum
 import sys
 from collections.abc import Callable
+from types import CodeType
 from typing import NamedTuple, Protocol
 
 from devices.model import FaultKind, MemoryPort, Perm
@@ -424,84 +425,103 @@ def compile_walk(fmt: TableFormat) -> WalkFrom:
     index past the end of the words is caught as the IndexError of reading it (a try costs
     nothing until it catches, a bounds test costs every level).  A test that can never
     match (mask 0, value 1) is left out, with the branch it guards, and so is an
-    accumulator ``finish`` does not read (``TableFormat.accumulators``)."""
-    slow = "return loop(fmt, mem, ia, table, access, s2)"
-    lines = ["def walk_from(mem, ia, table, access, s2=None):"]
-    if fmt.word_steps is not None and fmt.access_word_steps is not None:
-        # The root's region is remembered with the memory's generation, which moves on
-        # every change of its table (the region's words stay valid until then).  Holding
-        # the last memory keeps no mapping alive: closing a region unmaps it.  One walk at
-        # a time per format, like the rest of the device side (one trio thread).
-        keep_and, keep_or = fmt.accumulators()
-        lines += ["    global last_mem, last_generation, last_table, last_lo, last_words, last_tw",
-                  "    if (mem is last_mem and table == last_table and s2 is None",
-                  "            and mem.generation == last_generation):",
-                  "        lo = last_lo",
-                  "        words = last_words",
-                  "        tw = last_tw",
-                  "    else:",
-                  "        direct = DIRECT.get(type(mem))",
-                  "        if direct is None:",
-                  "            direct = direct_words(type(mem))",
-                  "        if not direct or s2 is not None or table & 7:",
-                  "            " + slow,
-                  "        span = mem.u64_span(table)",
-                  "        if span is None:",
-                  "            " + slow,
-                  "        lo, _, words = span",
-                  "        tw = (table - lo) >> 3  # the root's word index",
-                  "        last_mem, last_generation, last_table = mem, mem.generation, table",
-                  "        last_lo, last_words, last_tw = lo, words, tw"]
-        lines += ["    acc_and = U64"] if keep_and else []
-        lines += ["    acc_or = 0"] if keep_or else []
-        lines += ["    if access:"]
-        lines += _descent(fmt, fmt.access_word_steps, " " * 8, slow)
-        lines += ["    else:"]
-        lines += _descent(fmt, fmt.word_steps, " " * 8, slow)
-    else:
-        lines.append("    " + slow)
+    accumulator ``finish`` does not read (``TableFormat.accumulators``).
+
+    Compiling costs about a millisecond, five times the rest of building a format, so the
+    code is kept per shape of format (``_WALK_CODE``) and each format only binds its own
+    names to it."""
+    key = (fmt.word_steps, fmt.access_word_steps, fmt.table_addr_mask, *fmt.accumulators())
+    code = _WALK_CODE.get(key)
+    if code is None:
+        if len(_WALK_CODE) >= _WALK_CODE_MAX:  # shapes come from guests: keep it bounded
+            del _WALK_CODE[next(iter(_WALK_CODE))]
+        code = _WALK_CODE[key] = compile(_walk_source(*key), "<walk_from>", "exec")
     namespace: dict[str, object] = {
         "U64": U64, "DIRECT": _DIRECT, "direct_words": direct_words, "loop": walk_loop,
         "fmt": fmt, "finish": fmt.finish, "last_mem": None, "last_generation": -1,
         "last_table": -1, "last_lo": 0, "last_words": None, "last_tw": 0,
     }
-    exec(compile("\n".join(lines), f"<walk_from {type(fmt).__name__}>", "exec"), namespace)
+    exec(code, namespace)
     return namespace["walk_from"]  # type: ignore[return-value]
 
 
-def _descent(fmt: TableFormat, steps: tuple[tuple[int, ...], ...], indent: str,
+Steps = tuple[tuple[int, int, int, int, int, int, int], ...]
+_WALK_CODE: dict[tuple[Steps | None, Steps | None, int, bool, bool], CodeType] = {}
+_WALK_CODE_MAX = 512
+
+
+def _walk_source(word_steps: Steps | None, access_word_steps: Steps | None,
+                 table_addr_mask: int, keep_and: bool, keep_or: bool) -> str:
+    slow = "return loop(fmt, mem, ia, table, access, s2)"
+    lines = ["def walk_from(mem, ia, table, access, s2=None):"]
+    if word_steps is None or access_word_steps is None:
+        lines.append("    " + slow)
+        return "\n".join(lines)
+    # The root's region is remembered with the memory's generation, which moves on every
+    # change of its table (the region's words stay valid until then).  Holding the last
+    # memory keeps no mapping alive: closing a region unmaps it.  One walk at a time per
+    # format, like the rest of the device side (one trio thread).
+    lines += ["    global last_mem, last_generation, last_table, last_lo, last_words, last_tw",
+              "    if (mem is last_mem and table == last_table and s2 is None",
+              "            and mem.generation == last_generation):",
+              "        lo = last_lo",
+              "        words = last_words",
+              "        tw = last_tw",
+              "    else:",
+              "        direct = DIRECT.get(type(mem))",
+              "        if direct is None:",
+              "            direct = direct_words(type(mem))",
+              "        if not direct or s2 is not None or table & 7:",
+              "            " + slow,
+              "        span = mem.u64_span(table)",
+              "        if span is None:",
+              "            " + slow,
+              "        lo, _, words = span",
+              "        tw = (table - lo) >> 3  # the root's word index",
+              "        last_mem, last_generation, last_table = mem, mem.generation, table",
+              "        last_lo, last_words, last_tw = lo, words, tw"]
+    lines += ["    acc_and = U64"] if keep_and else []
+    lines += ["    acc_or = 0"] if keep_or else []
+    for test, steps in (("if access:", access_word_steps), ("else:", word_steps)):
+        lines.append("    " + test)
+        lines += ["        " + line
+                  for line in _descent(steps, table_addr_mask, keep_and, keep_or, slow)]
+    return "\n".join(lines)
+
+
+def _descent(steps: Steps, table_addr_mask: int, keep_and: bool, keep_or: bool,
              slow: str) -> list[str]:
-    keep_and, keep_or = fmt.accumulators()
+    top = steps[0][0]
     lines = []
     for h, shift, index_mask, clean_mask, clean_value, leaf_mask, leaf_value in steps:
         lines += [f"i = tw + ((ia >> {shift}) & {index_mask:#x})"]
-        if h != fmt.top:  # the root lies in the region: only a lower table can lie below it
+        if h != top:  # the root lies in the region: only a lower table can lie below it
             lines += ["if i < 0:",
                       "    " + slow]
         lines += ["try:",
                   "    entry = words[i]",
                   "except IndexError:  # past the end of the words",
                   "    " + slow]
+        leaf = _leaf_lines(h, leaf_mask, leaf_value, keep_and, keep_or, slow)
         if (clean_mask, clean_value) != (0, 1):
             lines += [f"if entry & {clean_mask:#x} == {clean_value:#x}:"]
             lines += ["    acc_and &= entry"] if keep_and else []
             lines += ["    acc_or |= entry"] if keep_or else []
-            lines += [f"    tw = ((entry & {fmt.table_addr_mask:#x}) - lo) >> 3",
+            lines += [f"    tw = ((entry & {table_addr_mask:#x}) - lo) >> 3",
                       "else:"]
-            lines += ["    " + line for line in _leaf_lines(fmt, h, leaf_mask, leaf_value, slow)]
+            lines += ["    " + line for line in leaf]
         else:
-            lines += _leaf_lines(fmt, h, leaf_mask, leaf_value, slow)
+            lines += leaf
     lines.append(slow)
-    return [indent + line for line in lines]
+    return lines
 
 
-def _leaf_lines(fmt: TableFormat, h: int, leaf_mask: int, leaf_value: int,
+def _leaf_lines(h: int, leaf_mask: int, leaf_value: int, keep_and: bool, keep_or: bool,
                 slow: str) -> list[str]:
     """A clean leaf at height ``h`` goes to ``finish``; anything else to the loop.  An
     accumulator ``finish`` does not read goes as its starting value."""
     if (leaf_mask, leaf_value) == (0, 1):
         return [slow]
-    keep_and, keep_or = fmt.accumulators()
     acc_and = "acc_and" if keep_and else "U64"
     acc_or = "acc_or" if keep_or else "0"
     return [f"if entry & {leaf_mask:#x} == {leaf_value:#x}:",
